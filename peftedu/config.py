@@ -1,0 +1,94 @@
+"""Adapter configs: one dataclass per method, saved as peft's ``adapter_config.json``.
+
+Every method's config subclasses :class:`PeftConfig` and sets ``peft_type`` (the same string HF peft
+uses, so a config written here is read by ``peft.PeftConfig.from_pretrained`` and vice versa).
+Reading a config written by peft: fields we know are taken; fields we don't know are accepted only
+while they hold peft's default value (a feature left switched off). A non-default value of a feature
+peftedu lacks is an error, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import ClassVar
+
+CONFIG_NAME = "adapter_config.json"
+
+#: peft_type -> config class; filled by :func:`register_config`.
+CONFIG_CLASSES: dict[str, type["PeftConfig"]] = {}
+
+# Values of peft fields that mean "this feature is off" (what peft writes by default).
+_OFF_VALUES = (None, False, {}, [], "", "none", "megatron.core")
+_IGNORED_KEYS = {"peft_version", "auto_mapping", "revision", "qalora_group_size", "init_lora_weights",
+                 "num_transformer_submodules", "num_attention_heads", "num_layers", "token_dim"}
+
+
+def register_config(cls):
+    CONFIG_CLASSES[cls.peft_type] = cls
+    return cls
+
+
+@dataclasses.dataclass
+class PeftConfig:
+    """Fields shared by every method (names as in peft)."""
+
+    peft_type: ClassVar[str] = ""
+    is_prompt_learning: ClassVar[bool] = False
+    task_type: str | None = "CAUSAL_LM"
+    base_model_name_or_path: str | None = None
+    inference_mode: bool = False
+
+    def __post_init__(self):
+        if self.task_type not in (None, "CAUSAL_LM"):
+            raise ValueError(f"task_type={self.task_type!r}: peftedu builds causal LMs only; use 'CAUSAL_LM'.")
+
+    def to_dict(self) -> dict:
+        data = {"peft_type": self.peft_type}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            data[field.name] = sorted(value) if isinstance(value, (set, frozenset)) else value
+        return data
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @staticmethod
+    def from_dict(data: dict) -> "PeftConfig":
+        data = dict(data)
+        peft_type = data.pop("peft_type", None)
+        if peft_type not in CONFIG_CLASSES:
+            raise ValueError(f"Unknown peft_type {peft_type!r}; peftedu knows {sorted(CONFIG_CLASSES)}.")
+        cls = CONFIG_CLASSES[peft_type]
+        known = {f.name for f in dataclasses.fields(cls)}
+        unsupported = {k: v for k, v in data.items()
+                       if k not in known and k not in _IGNORED_KEYS and not _is_off(v)}
+        if unsupported:
+            raise ValueError(
+                f"This {peft_type} config uses features peftedu does not implement: {unsupported}. "
+                "Remove them (or set them to peft's defaults) to load it here."
+            )
+        kwargs = {k: v for k, v in data.items() if k in known}
+        if cls.is_prompt_learning and kwargs.get("task_type") is None:
+            kwargs["task_type"] = "CAUSAL_LM"
+        return cls(**kwargs)
+
+    @staticmethod
+    def from_pretrained(directory: str | Path) -> "PeftConfig":
+        path = Path(directory) / CONFIG_NAME
+        if not path.exists():
+            raise FileNotFoundError(f"No {CONFIG_NAME} in {directory}: is this an adapter folder?")
+        return PeftConfig.from_dict(json.loads(path.read_text()))
+
+
+def _is_off(value) -> bool:
+    return any(value == off and type(value) is type(off) for off in _OFF_VALUES)
+
+
+def check_positive(name: str, value, kind: str = "an integer") -> None:
+    """Raise a ValueError that says what was wrong and what would be right."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{name} must be a positive {kind.split()[-1]}, got {value!r}.")

@@ -1,0 +1,182 @@
+"""LoRA (低秩适配, Hu et al. 2021, arXiv:2106.09685) and rsLoRA (Kalajdzievski 2023, arXiv:2312.03732).
+
+A frozen linear layer ``y = x W^T`` (W: out x in) gets a trainable low-rank update::
+
+    y = x W^T + scaling * (dropout(x) A^T) B^T        A: r x in,  B: out x r
+    scaling = lora_alpha / r            (LoRA)
+    scaling = lora_alpha / sqrt(r)      (rsLoRA: keeps the update's size stable as r grows)
+
+Initialisation (as the paper and peft): A ~ kaiming-uniform(a=sqrt(5)), B = 0, so the wrapped model
+equals the base model at step 0. Trainable parameters per wrapped layer: r * (in + out).
+Merging folds the update into the weight, ``W <- W + scaling * B A``, so inference costs nothing extra;
+unmerging subtracts it again. On a 4-bit base (QLoRA) merging means de-quantize, add, re-quantize.
+DoRA (``use_dora=True``) lives in :mod:`peftedu.dora`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from .config import PeftConfig, check_positive, register_config
+from .tuners import AdapterLayer, Tuner, find_target_modules, module_device, register_tuner, replace_module
+
+
+@register_config
+@dataclasses.dataclass
+class LoraConfig(PeftConfig):
+    peft_type = "LORA"
+    r: int = 8
+    lora_alpha: float = 8
+    lora_dropout: float = 0.0
+    target_modules: list[str] | str | None = None
+    use_rslora: bool = False
+    use_dora: bool = False
+    modules_to_save: list[str] | None = None
+    bias: str = "none"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_positive("r", self.r)
+        check_positive("lora_alpha", self.lora_alpha, "a number")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
+        if self.target_modules is None:
+            raise ValueError("target_modules is required: e.g. ['q_proj', 'v_proj'], a regex, or 'all-linear'.")
+        if isinstance(self.target_modules, (set, tuple)):
+            self.target_modules = sorted(self.target_modules)
+        if self.bias != "none":
+            raise ValueError(f"bias={self.bias!r} is not supported; peftedu's LoRA trains no biases (use 'none').")
+
+    @property
+    def scaling(self) -> float:
+        return self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+
+class LoraLinear(AdapterLayer):
+    """A linear layer (or a 4-bit one) plus one low-rank update per adapter name."""
+
+    adapter_attributes = ("lora_A", "lora_B", "lora_magnitude_vector")
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__(base_layer)
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        self.lora_A, self.lora_B = nn.ModuleDict(), nn.ModuleDict()
+        self.lora_dropout = nn.ModuleDict()
+        self.lora_magnitude_vector = nn.ModuleDict()  # DoRA only
+        self.scaling: dict[str, float] = {}
+
+    def add(self, adapter_name: str, config: LoraConfig) -> None:
+        device = module_device(self.base_layer)
+        dtype = torch.float32 if device.type == "meta" else _float_dtype(self.base_layer)
+        self.lora_A[adapter_name] = nn.Linear(self.in_features, config.r, bias=False, device=device, dtype=dtype)
+        self.lora_B[adapter_name] = nn.Linear(config.r, self.out_features, bias=False, device=device, dtype=dtype)
+        self.lora_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout else nn.Identity()
+        self.scaling[adapter_name] = config.scaling
+        if device.type != "meta":
+            nn.init.kaiming_uniform_(self.lora_A[adapter_name].weight, a=math.sqrt(5))
+            nn.init.zeros_(self.lora_B[adapter_name].weight)
+        if config.use_dora:
+            from .dora import DoraMagnitude
+
+            self.lora_magnitude_vector[adapter_name] = DoraMagnitude.from_layer(self, adapter_name)
+
+    def delete_adapter(self, name: str) -> None:
+        super().delete_adapter(name)
+        self.scaling.pop(name, None)
+        if name in self.lora_dropout:
+            del self.lora_dropout[name]
+
+    # ----------------------------------------------------------------- the update
+    def delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """scaling * B A, shape (out, in): what merging adds to W."""
+        return self.lora_B[adapter_name].weight @ self.lora_A[adapter_name].weight * self.scaling[adapter_name]
+
+    def base_weight(self) -> torch.Tensor:
+        base = self.base_layer
+        return base.dequantize() if hasattr(base, "dequantize") else base.weight
+
+    def adapter_output(self, x: torch.Tensor, base_out: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        """What adapter ``adapter_name`` adds to ``base_out`` for input rows ``x``."""
+        lora_A, lora_B = self.lora_A[adapter_name], self.lora_B[adapter_name]
+        x = self.lora_dropout[adapter_name](x.to(lora_A.weight.dtype))
+        if adapter_name in self.lora_magnitude_vector:
+            dora = self.lora_magnitude_vector[adapter_name]
+            return dora(self, adapter_name, x, base_out).to(base_out.dtype)
+        return (lora_B(lora_A(x)) * self.scaling[adapter_name]).to(base_out.dtype)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.disabled:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return result
+        if self.row_adapters is not None:  # mixed batch: each row its own adapter
+            for name in dict.fromkeys(self.row_adapters):
+                if name not in self.lora_A:
+                    continue
+                rows = [i for i, n in enumerate(self.row_adapters) if n == name]
+                result[rows] = result[rows] + self.adapter_output(x[rows], result[rows], name)
+            return result
+        for name in self.active_adapters:
+            result = result + self.adapter_output(x, result, name)
+        return result
+
+    # ----------------------------------------------------------------- merging
+    def merge(self, adapter_names: list[str]) -> None:
+        for name in adapter_names:
+            if name not in self.lora_A:
+                continue
+            if name in self.lora_magnitude_vector:
+                new_weight = self.lora_magnitude_vector[name].merged_weight(self, name)
+            else:
+                new_weight = self.base_weight() + self.delta_weight(name).to(self.base_weight().dtype)
+            self._undo = getattr(self, "_undo", [])
+            self._undo.append(self.base_weight().detach().clone() if name in self.lora_magnitude_vector else None)
+            self._set_base_weight(new_weight)
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            saved = self._undo.pop()
+            if saved is not None:  # DoRA's merge is not a plain sum: restore the saved weight
+                self._set_base_weight(saved)
+            else:
+                self._set_base_weight(self.base_weight() - self.delta_weight(name).to(self.base_weight().dtype))
+
+    def _set_base_weight(self, weight: torch.Tensor) -> None:
+        with torch.no_grad():
+            if hasattr(self.base_layer, "requantize"):  # QLoRA: back to 4 bits (lossy, see quant.py)
+                self.base_layer.requantize(weight)
+            else:
+                self.base_layer.weight.data.copy_(weight)
+
+
+def _float_dtype(module: nn.Module) -> torch.dtype:
+    dtype = getattr(module, "compute_dtype", None)
+    if dtype is not None:
+        return dtype
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+@register_tuner
+class LoraTuner(Tuner):
+    peft_type = "LORA"
+    layer_class = LoraLinear
+
+    def inject(self, model: nn.Module, config: LoraConfig, adapter_name: str) -> None:
+        for name in find_target_modules(model, config.target_modules):
+            module = model.get_submodule(name)
+            if not isinstance(module, self.layer_class):
+                module = self.layer_class(module)
+                replace_module(model, name, module)
+            module.add(adapter_name, config)

