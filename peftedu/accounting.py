@@ -1,0 +1,771 @@
+"""Parameter and memory accounting: how many parameters train, and how many bytes training needs.
+
+Three tools, each small enough to check by hand:
+
+* :func:`count_parameters` / :func:`print_trainable_parameters` -- the numbers HF peft prints
+  (``trainable params: 1,234 || all params: 5,678 || trainable%: 0.0217``), computed the same way,
+  so a learner can compare our from-scratch models with peft's line for line.
+* :func:`estimate_training_memory` -- the back-of-the-envelope memory budget of training
+  (训练显存估算). Every byte is a stated assumption:
+
+  .. math::
+
+     M = \\underbrace{N_\\text{frozen} \\cdot b_w + N_\\text{train} \\cdot b_t}_{\\text{weights}}
+       + \\underbrace{N_\\text{train} \\cdot b_g}_{\\text{gradients}}
+       + \\underbrace{N_\\text{train} \\cdot 4}_{\\text{fp32 master copy, if any}}
+       + \\underbrace{N_\\text{train} \\cdot k \\cdot b_s}_{\\text{optimizer states}}
+       + \\text{activations}
+
+  with bytes per parameter ``b = bits / 8`` and ``k`` optimizer states per trainable parameter
+  (AdamW: ``k = 2``, the moments m and v). Activations depend on batch size and sequence length,
+  not on the parameter count; they are only added when you give them.
+* :func:`measure_peak_memory` -- what a function really used (CUDA allocator peak, or sampled
+  process RSS on the CPU), to hold the estimates against.
+
+Units: **GB = 10^9 bytes** everywhere (the source tutorials use it: "1.3B params x 4 bytes = 5.2 GB").
+GiB (2^30 bytes, what ``nvidia-smi`` and most OS tools print) is only used where a name says ``gib``;
+1 GB = 0.931 GiB, so "20.8 GB" is 19.4 GiB.
+
+Figures from the source tutorials, reproduced by the tests (``tests/test_accounting.py``):
+
+* Source 002 (bloom-1b4-zh, 1.3B params, full fine-tuning in fp32): 4 bytes weights + 4 bytes
+  gradients + 2 x 4 bytes AdamW states = 16 bytes/param -> 5.2 + 5.2 + 10.4 = 20.8 GB, activations
+  not counted. (The exact count is 1,303,111,680 params -> 20.85 GB.)
+* Source 003's table (7B: 14 / 28 / 56 GB, 13B: 26 / 52 / 104, 70B: 140 / 280 / 560) only adds up if
+  *everything* is 16-bit: weights 2 + gradients 2 + AdamW m, v 2 x 2 = 8 bytes/param ("4x the
+  model"). Its middle column, "Adam overhead (gradients + momentum)", is 4 bytes/param, i.e. the two
+  16-bit moments *or* gradients plus one moment -- not both, so weights + that column (42 GB for
+  7B) does not reach its own total (56 GB). Standard mixed-precision training (16-bit weights and
+  gradients, fp32 master weights, fp32 AdamW states: 2 + 2 + 4 + 8 = 16 bytes/param, as in the ZeRO
+  paper, Rajbhandari et al. 2020) needs twice the table: 112 / 208 / 1120 GB before activations.
+* QLoRA (Dettmers et al. 2023; source 003: "65B on one 48 GB GPU", "7B on a 24 GB GPU"): base weights
+  in NF4 with double quantization, 4 + 8/64 + 32/(64*256) = 4.127 bits/param -> 65B x 4.127 / 8
+  = 33.7 GB; LoRA (r = 64 on all linear layers, as in the paper) in bf16 with fp32 paged AdamW adds
+  ~9.6 GB; activations with gradient checkpointing at batch 1, 512 tokens ~1 GB: ~45 GB < 48 GB.
+  The same paper's baseline, ">780 GB" for 16-bit full fine-tuning of 65B, is 65e9 x 12 bytes:
+  16-bit weights and gradients plus fp32 AdamW states, no fp32 master copy.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+GB = 1e9  #: bytes in a GB (decimal, as the source tutorials use)
+GIB = 2**30  #: bytes in a GiB (binary, as nvidia-smi prints)
+
+# --------------------------------------------------------------------------------------------------
+# Counting parameters
+# --------------------------------------------------------------------------------------------------
+
+
+def _logical_buffer_params(model: nn.Module) -> int:
+    """Weights stored outside ``parameters()``: the sum of ``module.numel_logical`` over modules.
+
+    The hook: a module that keeps a frozen weight in buffers rather than a Parameter (our
+    ``peftedu.quant.Linear4bit`` packs two 4-bit codes per ``uint8`` in ``weight_packed``) exposes
+    ``numel_logical`` = how many weight values those buffers encode (``out_features * in_features``).
+    They count as frozen parameters; ordinary buffers (rotary caches, masks) are never counted.
+    Each module is visited once (``named_modules`` de-duplicates shared modules).
+    """
+    total = 0
+    for name, module in model.named_modules():
+        n = getattr(module, "numel_logical", None)
+        if n is None:
+            continue
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(
+                f"{name or 'model'}.numel_logical must be a non-negative int (the weight values its buffers "
+                f"encode), got {n!r}."
+            )
+        total += n
+    return total
+
+
+def logical_numel(tensor: torch.Tensor) -> int:
+    """How many model parameters a stored tensor holds.
+
+    * plain tensors: ``numel()`` (works on the meta device: shapes need no storage);
+    * DeepSpeed ZeRO-3 shards report ``numel() == 0`` and keep the real count in ``ds_numel``;
+    * bitsandbytes ``Params4bit`` packs two 4-bit values per byte of its storage dtype, so one stored
+      element of ``element_size()`` bytes holds ``2 * element_size()`` parameters -- exactly the rule
+      of ``peft.PeftModel.get_nb_trainable_parameters`` (uint8 storage: ``numel * 2``). One deliberate
+      difference: a ``Params4bit`` not yet quantized (``bnb_quantized`` False: bitsandbytes quantizes
+      when the layer moves to a device) still holds the full matrix, so it counts ``numel`` here,
+      where peft would report twice the truth.
+    """
+    n = tensor.numel()
+    if n == 0 and hasattr(tensor, "ds_numel"):
+        n = tensor.ds_numel
+    if tensor.__class__.__name__ == "Params4bit" and getattr(tensor, "bnb_quantized", True):
+        if hasattr(tensor, "element_size"):
+            num_bytes = tensor.element_size()
+        elif not hasattr(tensor, "quant_storage"):
+            num_bytes = 1
+        else:
+            num_bytes = tensor.quant_storage.itemsize
+        return n * 2 * num_bytes
+    return int(n)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameters of ``model``, the way HF peft counts them.
+
+    * Shared/tied tensors count once: ``model.named_parameters()`` de-duplicates by identity
+      (SmolLM2 ties ``lm_head.weight`` to ``embed_tokens.weight``: 134,515,008 params, not 162,826,560).
+    * Meta-device models work (only shapes are read).
+    * 4-bit packed weights count as the parameters they encode: bitsandbytes ``Params4bit`` (see
+      :func:`logical_numel`) and modules exposing ``numel_logical`` (weights kept in buffers, like
+      ``peftedu.quant.Linear4bit``), which count as frozen.
+    * ``trainable`` = parameters with ``requires_grad``.
+
+    For a ``peft.PeftModel`` this equals ``peft_model.get_nb_trainable_parameters()``.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"count_parameters expects a torch.nn.Module, got {type(model).__name__}.")
+    trainable = total = 0
+    for _, param in model.named_parameters():
+        n = logical_numel(param)
+        total += n
+        if param.requires_grad:
+            trainable += n
+    total += _logical_buffer_params(model)
+    return trainable, total
+
+
+def format_trainable_parameters(model_or_counts: nn.Module | tuple[int, int]) -> str:
+    """The line HF peft prints, for a model or a ``(trainable, total)`` pair."""
+    trainable, total = (
+        count_parameters(model_or_counts) if isinstance(model_or_counts, nn.Module) else model_or_counts
+    )
+    if total <= 0:
+        raise ValueError(f"The model has no parameters (total = {total}); nothing to report.")
+    return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+
+
+def print_trainable_parameters(model: nn.Module) -> None:
+    """Print ``trainable params: 1,234 || all params: 5,678 || trainable%: 21.7322`` (peft's format)."""
+    print(format_trainable_parameters(model))
+
+
+# --------------------------------------------------------------------------------------------------
+# Bits per parameter
+# --------------------------------------------------------------------------------------------------
+
+
+def nf4_bits_per_param(blocksize: int = 64, double_quant: bool = True, dq_blocksize: int = 256) -> float:
+    """Storage of one NF4 (4-bit NormalFloat) weight, quantization constants included.
+
+    Each block of ``blocksize`` weights shares one absmax scale. Without double quantization the
+    scale is fp32: ``4 + 32/64 = 4.5`` bits. Double quantization (双重量化) stores the scales in
+    8 bits, with one fp32 constant per ``dq_blocksize`` scales:
+    ``4 + 8/64 + 32/(64*256) = 4.127`` bits (Dettmers et al. 2023, Sec. 3).
+    """
+    if blocksize <= 0 or dq_blocksize <= 0:
+        raise ValueError(f"blocksize and dq_blocksize must be positive, got {blocksize}, {dq_blocksize}.")
+    if not double_quant:
+        return 4 + 32 / blocksize
+    return 4 + 8 / blocksize + 32 / (blocksize * dq_blocksize)
+
+
+_NAMED_BITS = {
+    "fp32": 32, "float32": 32, "tf32": 32,
+    "fp16": 16, "float16": 16, "half": 16, "bf16": 16, "bfloat16": 16,
+    "fp8": 8, "int8": 8,
+    "fp4": 4, "int4": 4,
+}
+
+
+def bits_of(spec: float | int | str | torch.dtype) -> float:
+    """Bits per stored value for ``32``, ``torch.bfloat16``, ``"bf16"``, ``"nf4"`` (4.5) or
+    ``"nf4-dq"`` (4.127, NF4 with double quantization)."""
+    if isinstance(spec, torch.dtype):
+        return float(spec.itemsize * 8)
+    if isinstance(spec, str):
+        key = spec.lower().replace("_", "-")
+        if key == "nf4":
+            return nf4_bits_per_param(double_quant=False)
+        if key in ("nf4-dq", "nf4-double-quant"):
+            return nf4_bits_per_param(double_quant=True)
+        if key in _NAMED_BITS:
+            return float(_NAMED_BITS[key])
+        raise ValueError(
+            f"Unknown precision {spec!r}; use a number of bits, a torch.dtype, or one of "
+            f"{sorted(_NAMED_BITS) + ['nf4', 'nf4-dq']}."
+        )
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool) and spec > 0:
+        return float(spec)
+    raise ValueError(f"Precision must be a positive number of bits, a torch.dtype or a name, got {spec!r}.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory estimate
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """States the optimizer keeps per trainable parameter."""
+
+    states: int  #: tensors of the parameter's shape (AdamW: m and v)
+    state_bits: float  #: bits per state value
+    paged: bool  #: states in CUDA unified memory, evicted to CPU RAM under pressure
+    note: str
+
+
+OPTIMIZERS: dict[str, OptimizerSpec] = {
+    "adamw": OptimizerSpec(2, 32, False, "AdamW: first and second moments m, v in fp32"),
+    "adam": OptimizerSpec(2, 32, False, "Adam: first and second moments m, v in fp32"),
+    "adamw-8bit": OptimizerSpec(2, 8, False, "8-bit AdamW (bitsandbytes): m, v block-quantized to 8 bits"),
+    "paged-adamw": OptimizerSpec(2, 32, True, "paged AdamW (bitsandbytes): fp32 m, v in pageable memory"),
+    "paged-adamw-8bit": OptimizerSpec(2, 8, True, "paged 8-bit AdamW: 8-bit m, v in pageable memory"),
+    "sgd": OptimizerSpec(0, 32, False, "plain SGD: no state"),
+    "sgd-momentum": OptimizerSpec(1, 32, False, "SGD with momentum: one fp32 buffer"),
+}
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """A training-memory budget in GB (10^9 bytes); ``str()`` / :meth:`explain` state every assumption."""
+
+    label: str
+    n_params: int
+    trainable_params: int
+    weights_gb: float
+    gradients_gb: float
+    master_weights_gb: float
+    optimizer_gb: float
+    activations_gb: float | None
+    assumptions: tuple[str, ...] = field(default=())
+
+    @property
+    def total_gb(self) -> float:
+        return (
+            self.weights_gb + self.gradients_gb + self.master_weights_gb + self.optimizer_gb
+            + (self.activations_gb or 0.0)
+        )
+
+    @property
+    def total_gib(self) -> float:
+        return self.total_gb * GB / GIB
+
+    @property
+    def bytes_per_param(self) -> float:
+        """Total bytes divided by all parameters (16 for fp32 AdamW full fine-tuning)."""
+        return self.total_gb * GB / self.n_params
+
+    def breakdown(self, unit: str = "GB") -> dict[str, float]:
+        """``{"weights": .., "gradients": .., "master weights": .., "optimizer states": ..,
+        "activations": .., "total": ..}`` in ``unit`` ("GB" = 1e9 bytes or "GiB" = 2^30 bytes)."""
+        scale = {"GB": 1.0, "GiB": GB / GIB}.get(unit)
+        if scale is None:
+            raise ValueError(f"unit must be 'GB' (1e9 bytes) or 'GiB' (2**30 bytes), got {unit!r}.")
+        parts = {
+            "weights": self.weights_gb,
+            "gradients": self.gradients_gb,
+            "master weights": self.master_weights_gb,
+            "optimizer states": self.optimizer_gb,
+            "activations": self.activations_gb or 0.0,
+        }
+        parts["total"] = sum(parts.values())
+        return {k: v * scale for k, v in parts.items()}
+
+    def fits_in(self, gpu_gb: float) -> bool:
+        """Whether the total (GB) is at most ``gpu_gb`` GB."""
+        return self.total_gb <= gpu_gb
+
+    def as_row(self) -> dict[str, Any]:
+        """A flat dict for tables (numbers in GB)."""
+        return {
+            "method": self.label,
+            "n_params": self.n_params,
+            "trainable_params": self.trainable_params,
+            "weights_gb": self.weights_gb,
+            "gradients_gb": self.gradients_gb,
+            "master_weights_gb": self.master_weights_gb,
+            "optimizer_gb": self.optimizer_gb,
+            "activations_gb": self.activations_gb,
+            "total_gb": self.total_gb,
+            "total_gib": self.total_gib,
+        }
+
+    def explain(self) -> str:
+        lines = [
+            f"{self.label}: {self.n_params:,d} params, {self.trainable_params:,d} trainable "
+            f"({100 * self.trainable_params / self.n_params:.4f}%)",
+        ]
+        for name, value in self.breakdown().items():
+            if name == "total":
+                continue
+            if name == "activations" and self.activations_gb is None:
+                lines.append(f"  {name:<17}   not included (depend on batch size and sequence length)")
+                continue
+            lines.append(f"  {name:<17} {value:9.2f} GB")
+        lines.append(f"  {'total':<17} {self.total_gb:9.2f} GB  (= {self.total_gib:.2f} GiB; 1 GB = 1e9 bytes)")
+        lines += ["Assumptions:"] + [f"  - {a}" for a in self.assumptions]
+        return "\n".join(lines)
+
+    __str__ = explain
+
+
+def estimate_training_memory(
+    n_params: int | float,
+    *,
+    trainable_params: int | float | None = None,
+    weight_bits: float | str | torch.dtype = 32,
+    trainable_bits: float | str | torch.dtype | None = None,
+    grad_bits: float | str | torch.dtype | None = None,
+    optimizer: str = "adamw",
+    optimizer_state_bits: float | str | torch.dtype | None = None,
+    master_weights: bool = False,
+    unquantized_params: int | float = 0,
+    unquantized_bits: float | str | torch.dtype = 16,
+    activations_gb: float | None = None,
+    label: str | None = None,
+) -> MemoryEstimate:
+    """Memory to train a model of ``n_params`` parameters, split into its parts (GB = 1e9 bytes).
+
+    Parameters
+    ----------
+    n_params: all parameters, adapters included (``count_parameters(model)[1]``).
+    trainable_params: parameters that get gradients (default: all = full fine-tuning).
+    weight_bits: storage of the frozen weights -- 32, 16, ``"bf16"``, ``"nf4-dq"`` (4.127), ...
+    trainable_bits: storage of the trainable weights (default ``weight_bits``; required when the
+        base is quantized, because quantized weights cannot be trained directly).
+    grad_bits: gradient precision (default ``trainable_bits``: gradients have the weights' dtype).
+    optimizer: a key of :data:`OPTIMIZERS` (``"adamw"`` = 2 fp32 states = 8 bytes/param).
+    optimizer_state_bits: override the optimizer's state precision (e.g. 16 for bf16 states).
+    master_weights: keep an fp32 copy of 16-bit trainable weights (mixed precision, 4 bytes/param).
+    unquantized_params: frozen parameters kept at ``unquantized_bits`` although the rest is
+        quantized (QLoRA keeps embeddings, norms and ``lm_head`` in bf16).
+    activations_gb: add this many GB of activations (see :func:`activation_memory_gb`); ``None``
+        leaves them out, and says so.
+
+    Not modelled: the CUDA context (~0.5-1 GB), allocator fragmentation, temporary buffers
+    (e.g. de-quantized weights of the layer being computed), the fp32 logits of the loss.
+    """
+    if not n_params > 0:
+        raise ValueError(f"n_params must be positive, got {n_params}.")
+    n_params = int(n_params)
+    trainable = n_params if trainable_params is None else int(trainable_params)
+    if not 0 <= trainable <= n_params:
+        raise ValueError(f"trainable_params must be between 0 and n_params={n_params:,d}, got {trainable:,d}.")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {optimizer!r}; known: {sorted(OPTIMIZERS)}.")
+    opt = OPTIMIZERS[optimizer]
+    w_bits = bits_of(weight_bits)
+    if trainable_bits is None:
+        if w_bits < 16 and trainable > 0:
+            raise ValueError(
+                f"weight_bits={weight_bits!r} is a quantized format, and quantized weights cannot be "
+                "trained directly: pass trainable_bits for the trainable (adapter) weights, e.g. 16 for bf16 LoRA."
+            )
+        t_bits = w_bits
+    else:
+        t_bits = bits_of(trainable_bits)
+    g_bits = t_bits if grad_bits is None else bits_of(grad_bits)
+    s_bits = opt.state_bits if optimizer_state_bits is None else bits_of(optimizer_state_bits)
+    if master_weights and t_bits >= 32:
+        raise ValueError(
+            "master_weights=True keeps an fp32 copy of 16-bit trainable weights; the trainable weights "
+            f"are already {t_bits:g}-bit, so there is nothing to copy. Use master_weights=False."
+        )
+    frozen = n_params - trainable
+    unquantized = int(unquantized_params)
+    if not 0 <= unquantized <= frozen:
+        raise ValueError(f"unquantized_params must be between 0 and the {frozen:,d} frozen params, got {unquantized:,d}.")
+    u_bits = bits_of(unquantized_bits)
+    if activations_gb is not None and activations_gb < 0:
+        raise ValueError(f"activations_gb must be >= 0 or None, got {activations_gb}.")
+
+    weights = ((frozen - unquantized) * w_bits + unquantized * u_bits + trainable * t_bits) / 8
+    gradients = trainable * g_bits / 8
+    master = trainable * 4 if master_weights else 0
+    states = trainable * opt.states * s_bits / 8
+
+    assumptions = [f"GB = 1e9 bytes; bytes per value = bits / 8"]
+    if frozen:
+        msg = f"frozen weights: {frozen - unquantized:,d} params x {w_bits / 8:g} bytes ({w_bits:g}-bit)"
+        if unquantized:
+            msg += f" + {unquantized:,d} unquantized params x {u_bits / 8:g} bytes"
+        assumptions.append(msg)
+    if trainable:
+        assumptions += [
+            f"trainable weights: {trainable:,d} params x {t_bits / 8:g} bytes ({t_bits:g}-bit)",
+            f"gradients: one per trainable param x {g_bits / 8:g} bytes ({g_bits:g}-bit)",
+            "fp32 master weights: 4 bytes per trainable param" if master_weights else "no fp32 master copy",
+            f"optimizer {optimizer!r}: {opt.states} state(s) x {s_bits / 8:g} bytes per trainable param ({opt.note})",
+        ]
+        if opt.paged:
+            assumptions.append(
+                "paged optimizer: states can be evicted to CPU RAM under memory spikes, so the GPU peak "
+                "may be lower; counted in full here (an upper bound)"
+            )
+    else:
+        assumptions.append("nothing trains: no gradients, no optimizer states (inference)")
+    if activations_gb is None:
+        assumptions.append("activations not included (they scale with batch size x sequence length)")
+    else:
+        assumptions.append(f"activations: {activations_gb:.2f} GB as given")
+    assumptions.append("not included: CUDA context, allocator fragmentation, temporary buffers")
+
+    return MemoryEstimate(
+        label=label or ("full fine-tuning" if trainable == n_params else "partial fine-tuning"),
+        n_params=n_params,
+        trainable_params=trainable,
+        weights_gb=weights / GB,
+        gradients_gb=gradients / GB,
+        master_weights_gb=master / GB,
+        optimizer_gb=states / GB,
+        activations_gb=activations_gb,
+        assumptions=tuple(assumptions),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoder shapes: exact parameter and LoRA counts for models too big to build, even on "meta"
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """A LLaMA-style decoder (RMSNorm, SwiGLU MLP, no biases), enough to count its parameters.
+
+    Per layer the linear maps (in -> out) are q_proj d->d, k_proj/v_proj d->kv, o_proj d->d,
+    gate_proj/up_proj d->i, down_proj i->d, with kv = n_kv_heads * d / n_heads; plus two RMSNorm
+    weights of size d. Around the layers: embeddings V x d, a final norm d, and ``lm_head`` d x V
+    unless tied to the embeddings.
+    """
+
+    name: str
+    hidden: int
+    intermediate: int
+    n_layers: int
+    n_heads: int
+    vocab: int
+    n_kv_heads: int | None = None
+    tied_embeddings: bool = False
+
+    @property
+    def kv_dim(self) -> int:
+        return (self.n_kv_heads or self.n_heads) * self.hidden // self.n_heads
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """``{target name: (in_features, out_features)}`` of one decoder layer."""
+        d, i, kv = self.hidden, self.intermediate, self.kv_dim
+        return {
+            "q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (d, d),
+            "gate_proj": (d, i), "up_proj": (d, i), "down_proj": (i, d),
+        }
+
+    def linear_params(self) -> int:
+        """Weights of all linear layers inside the decoder blocks (what 4-bit quantization replaces)."""
+        return self.n_layers * sum(a * b for a, b in self.linear_shapes().values())
+
+    def n_params(self) -> int:
+        embeddings = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+        norms = self.n_layers * 2 * self.hidden + self.hidden
+        return self.linear_params() + embeddings + norms
+
+    def lora_params(self, r: int, targets: Iterable[str] | str = "all-linear") -> int:
+        """LoRA adds A (r x in) and B (out x r) to each targeted linear: r * (in + out) parameters."""
+        shapes = self.linear_shapes()
+        names = list(shapes) if targets == "all-linear" else list([targets] if isinstance(targets, str) else targets)
+        unknown = [t for t in names if t not in shapes]
+        if unknown:
+            raise ValueError(f"Targets {unknown} are not linear layers of {self.name}; choose from {list(shapes)} or 'all-linear'.")
+        if not (isinstance(r, int) and r > 0):
+            raise ValueError(f"LoRA rank r must be a positive int, got {r!r}.")
+        return self.n_layers * sum(r * sum(shapes[t]) for t in dict.fromkeys(names))
+
+    @classmethod
+    def from_config(cls, config, name: str | None = None) -> "DecoderShape":
+        """From a transformers LLaMA-family config (LlamaConfig: TinyLlama, SmolLM2, ...)."""
+        if getattr(config, "model_type", None) not in ("llama", "mistral"):
+            raise ValueError(
+                f"DecoderShape describes bias-free LLaMA-style models; got model_type={getattr(config, 'model_type', None)!r}. "
+                "Count other architectures on the meta device instead (peftedu.models.build_from_config)."
+            )
+        return cls(
+            name=name or getattr(config, "name_or_path", "") or config.model_type,
+            hidden=config.hidden_size,
+            intermediate=config.intermediate_size,
+            n_layers=config.num_hidden_layers,
+            n_heads=config.num_attention_heads,
+            vocab=config.vocab_size,
+            n_kv_heads=config.num_key_value_heads,
+            tied_embeddings=bool(config.tie_word_embeddings),
+        )
+
+
+#: The LLaMA sizes behind "7B / 13B / 33B / 65B / 70B" (Touvron et al. 2023a, Table 2; LLaMA-2-70B
+#: with 8 key/value heads, Touvron et al. 2023b). "7B" is really 6.74B parameters -- not "13 billion",
+#: as source 002 writes.
+LLAMA_SHAPES: dict[str, DecoderShape] = {
+    "7B": DecoderShape("LLaMA-7B", 4096, 11008, 32, 32, 32000),
+    "13B": DecoderShape("LLaMA-13B", 5120, 13824, 40, 40, 32000),
+    "33B": DecoderShape("LLaMA-33B", 6656, 17920, 60, 52, 32000),
+    "65B": DecoderShape("LLaMA-65B", 8192, 22016, 80, 64, 32000),
+    "70B": DecoderShape("LLaMA-2-70B", 8192, 28672, 80, 64, 32000, n_kv_heads=8),
+}
+
+
+def activation_memory_gb(
+    shape: DecoderShape, *, batch_size: int, seq_len: int, checkpointing: bool = True, bits: float = 16
+) -> float:
+    """Approximate activation memory of one training step, in GB.
+
+    Without recomputation a transformer layer keeps about ``s*b*h*(34 + 5*a*s/h)`` bytes of 16-bit
+    activations (Korthikanti et al. 2022, Eq. 1; derived for a GPT layer with a 4h MLP -- LLaMA's
+    SwiGLU MLP is of the same order). With gradient checkpointing (梯度检查点) only each layer's
+    input ``b*s*h`` is kept, plus one layer's full activations while it is recomputed.
+    This is an order-of-magnitude figure; measure with :func:`measure_peak_memory` when it matters.
+    """
+    if batch_size <= 0 or seq_len <= 0:
+        raise ValueError(f"batch_size and seq_len must be positive, got {batch_size}, {seq_len}.")
+    b, s, h, a = batch_size, seq_len, shape.hidden, shape.n_heads
+    scale = bits / 16
+    per_layer_full = s * b * h * (34 + 5 * a * s / h) * scale
+    if checkpointing:
+        total = shape.n_layers * b * s * h * bits / 8 + per_layer_full
+    else:
+        total = shape.n_layers * per_layer_full
+    return total / GB
+
+
+# --------------------------------------------------------------------------------------------------
+# Named methods and the notebook table
+# --------------------------------------------------------------------------------------------------
+
+#: Training recipes: what is trained, in which precision, with which optimizer.
+METHODS: dict[str, dict[str, Any]] = {
+    "full-fp32": dict(
+        description="full fine-tuning, everything fp32 + AdamW (source 002's 16 bytes/param)",
+        adapter=False, weight_bits=32, optimizer="adamw",
+    ),
+    "full-16bit": dict(
+        description="full fine-tuning, weights, gradients AND AdamW states in 16-bit (source 003 table: 8 bytes/param)",
+        adapter=False, weight_bits=16, optimizer="adamw", optimizer_state_bits=16,
+    ),
+    "full-mixed": dict(
+        description="full fine-tuning, bf16/fp16 mixed precision: 16-bit weights + grads, fp32 master + AdamW (16 bytes/param)",
+        adapter=False, weight_bits=16, optimizer="adamw", master_weights=True,
+    ),
+    "lora": dict(
+        description="LoRA: frozen bf16 base; fp32 adapters (peft's default upcast) + fp32 AdamW",
+        adapter=True, weight_bits=16, trainable_bits=32, optimizer="adamw",
+    ),
+    "qlora": dict(
+        description="QLoRA: frozen NF4 base with double quantization (4.127 bits), bf16 embeddings/norms/lm_head; "
+        "bf16 adapters + bf16 grads + paged fp32 AdamW (the QLoRA paper's setup)",
+        adapter=True, weight_bits="nf4-dq", trainable_bits=16, optimizer="paged-adamw", quantized=True,
+    ),
+}
+
+
+def method_memory(
+    method: str,
+    n_params: int | float,
+    *,
+    adapter_params: int | float | None = None,
+    quantized_params: int | float | None = None,
+    activations_gb: float | None = None,
+    label: str | None = None,
+) -> MemoryEstimate:
+    """:func:`estimate_training_memory` for a named recipe of :data:`METHODS`.
+
+    ``n_params`` is the base model; adapter methods need ``adapter_params`` (added on top).
+    ``quantized_params`` (QLoRA): how many base weights are quantized (the linear layers of the
+    blocks); the rest stays bf16. ``None`` quantizes all of them -- a slight underestimate.
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; known: {list(METHODS)}.")
+    spec = dict(METHODS[method])
+    description = spec.pop("description")
+    adapter = spec.pop("adapter")
+    quantized = spec.pop("quantized", False)
+    kwargs: dict[str, Any] = dict(spec, activations_gb=activations_gb, label=label or method)
+    n_params = int(n_params)
+    if adapter:
+        if adapter_params is None or adapter_params <= 0:
+            raise ValueError(f"Method {method!r} trains adapters: pass adapter_params > 0 (e.g. DecoderShape.lora_params(r)).")
+        kwargs["trainable_params"] = int(adapter_params)
+        total = n_params + int(adapter_params)
+        if quantized and quantized_params is not None:
+            if not 0 <= quantized_params <= n_params:
+                raise ValueError(f"quantized_params must be between 0 and n_params={n_params:,d}, got {quantized_params}.")
+            kwargs["unquantized_params"] = n_params - int(quantized_params)
+    else:
+        if adapter_params is not None:
+            raise ValueError(f"Method {method!r} trains the whole model; adapter_params must be None, got {adapter_params}.")
+        total = n_params
+    estimate = estimate_training_memory(total, **kwargs)
+    return MemoryEstimate(**{**{f.name: getattr(estimate, f.name) for f in fields(estimate)},
+                             "assumptions": (f"recipe: {description}",) + estimate.assumptions})
+
+
+def memory_table(
+    models: Mapping[str, DecoderShape | int | float] | None = None,
+    methods: Iterable[str] = ("full-fp32", "full-16bit", "full-mixed", "lora", "qlora"),
+    *,
+    lora_rank: int = 64,
+    lora_targets: Iterable[str] | str = "all-linear",
+    lora_fraction: float | None = None,
+    activations_gb: float | None = None,
+) -> list[dict[str, Any]]:
+    """Rows ``{"model", "method", "n_params", "trainable_params", "weights_gb", ..., "total_gb"}``.
+
+    ``models`` maps a label to a :class:`DecoderShape` (exact LoRA counts for ``lora_rank`` and
+    ``lora_targets``; default: LLaMA 7B/13B/70B) or to a bare parameter count, in which case adapter
+    methods need ``lora_fraction`` (adapter params / base params), because a count alone does not
+    say how big the adapters are.
+    """
+    models = dict(models) if models is not None else {k: LLAMA_SHAPES[k] for k in ("7B", "13B", "70B")}
+    rows = []
+    for model_label, model in models.items():
+        for method in methods:
+            if method not in METHODS:
+                raise ValueError(f"Unknown method {method!r}; known: {list(METHODS)}.")
+            adapter = METHODS[method]["adapter"]
+            if isinstance(model, DecoderShape):
+                n = model.n_params()
+                extra = dict(quantized_params=model.linear_params()) if adapter else {}
+                adapter_params = model.lora_params(lora_rank, lora_targets) if adapter else None
+            elif isinstance(model, (int, float)) and not isinstance(model, bool):
+                n, extra = model, {}
+                if adapter and lora_fraction is None:
+                    raise ValueError(
+                        f"Model {model_label!r} is a bare count ({model:,.0f}); method {method!r} needs the adapter "
+                        "size: pass lora_fraction=0.01 (say), or a DecoderShape for an exact LoRA count."
+                    )
+                adapter_params = int(n * lora_fraction) if adapter else None
+            else:
+                raise ValueError(f"models[{model_label!r}] must be a DecoderShape or a parameter count, got {model!r}.")
+            est = method_memory(method, n, adapter_params=adapter_params, activations_gb=activations_gb, **extra)
+            rows.append({"model": model_label, **est.as_row(), "description": METHODS[method]["description"]})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------------------
+
+
+def _rss_bytes() -> int | None:
+    """Resident set size of this process now: /proc/self/statm (Linux), else psutil, else None."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil  # optional
+
+        return psutil.Process().memory_info().rss
+    except Exception:
+        return None
+
+
+def _maxrss_bytes() -> int:
+    """Lifetime peak RSS from getrusage (KiB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+@dataclass
+class PeakMemory:
+    """What :func:`measure_peak_memory` saw: the function's result and its memory peak above baseline."""
+
+    result: Any
+    peak_bytes: int
+    baseline_bytes: int
+    device: str
+    method: str
+
+    @property
+    def peak_gb(self) -> float:
+        return self.peak_bytes / GB
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_bytes / 1e6
+
+    def __str__(self) -> str:
+        return f"peak {self.peak_mb:,.1f} MB above a baseline of {self.baseline_bytes / 1e6:,.1f} MB on {self.device} ({self.method})"
+
+
+def measure_peak_memory(fn: Callable, *args, device=None, interval_s: float = 0.001, **kwargs) -> PeakMemory:
+    """Run ``fn(*args, **kwargs)`` and report how far memory rose above where it started.
+
+    * CUDA: ``torch.cuda.reset_peak_memory_stats`` then ``max_memory_allocated`` -- exact bytes of
+      live tensors (not the allocator's cached blocks, not the CUDA context).
+    * CPU: a background thread samples the process RSS (``/proc/self/statm``, else psutil) every
+      ``interval_s``; peak minus the RSS before the call. Honest limits: RSS counts everything the
+      process holds, including memory the allocator caches and pages touched by other threads;
+      a spike shorter than the sampling interval can be missed; freed memory glibc keeps (small
+      allocations) is not seen as new. Without /proc and psutil, ``getrusage``'s lifetime peak is
+      used, which only shows a rise above the largest peak seen so far.
+    * MPS: samples ``torch.mps.current_allocated_memory()`` the same way.
+    """
+    from .models import pick_device
+
+    dev = pick_device(device)
+    if dev.type == "meta":
+        raise ValueError("The meta device holds no memory; measure on 'cpu', 'cuda' or 'mps'.")
+    if interval_s <= 0:
+        raise ValueError(f"interval_s must be > 0, got {interval_s}.")
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        baseline = torch.cuda.memory_allocated(dev)
+        result = fn(*args, **kwargs)
+        torch.cuda.synchronize(dev)
+        peak = torch.cuda.max_memory_allocated(dev) - baseline
+        return PeakMemory(result, max(peak, 0), baseline, str(dev), "torch.cuda.max_memory_allocated")
+
+    if dev.type == "mps":
+        sample, method = torch.mps.current_allocated_memory, "sampled torch.mps.current_allocated_memory"
+    elif _rss_bytes() is not None:
+        sample, method = _rss_bytes, "sampled process RSS"
+    else:
+        baseline = _maxrss_bytes()
+        result = fn(*args, **kwargs)
+        return PeakMemory(result, max(_maxrss_bytes() - baseline, 0), baseline, str(dev),
+                          "getrusage ru_maxrss (lifetime peak; rises only above earlier peaks)")
+
+    baseline = sample()
+    peak = [baseline]
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak[0] = max(peak[0], sample())
+            time.sleep(interval_s)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        result = fn(*args, **kwargs)
+        peak[0] = max(peak[0], sample())  # the state right at return (result still alive)
+    finally:
+        stop.set()
+        thread.join()
+    return PeakMemory(result, max(peak[0] - baseline, 0), baseline, str(dev), method)
+
+
+__all__ = [
+    "GB", "GIB", "LLAMA_SHAPES", "METHODS", "OPTIMIZERS", "DecoderShape", "MemoryEstimate", "OptimizerSpec",
+    "PeakMemory", "activation_memory_gb", "bits_of", "count_parameters", "estimate_training_memory",
+    "format_trainable_parameters", "logical_numel", "measure_peak_memory", "memory_table", "method_memory",
+    "nf4_bits_per_param", "print_trainable_parameters",
+]

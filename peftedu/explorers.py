@@ -1,0 +1,368 @@
+"""Interactive explorers: LoRA rank -> parameters and memory; model size x method -> memory.
+
+Every explorer is two layers: plain functions that compute (unit-tested, usable without any
+widget) and a thin ipywidgets wrapper that only wires controls to them. Building a widget needs
+no front-end, so notebooks run headless under ``pytest --nbval``; the controls simply do nothing
+until a browser shows them.
+
+* :func:`lora_parameter_count` -- LoRA (低秩适配) adds ``A: r x in`` and ``B: out x r`` to every
+  targeted ``nn.Linear``, i.e. ``r * (in + out)`` trainable parameters per module. Targets are
+  matched as in HF peft: a list of names matches a module whose name equals an entry or ends with
+  ``"." + entry``; ``"all-linear"`` means every ``nn.Linear`` except the output layer; any other
+  string is a regular expression that must match the whole module name.
+* :func:`lora_memory` / :func:`memory_estimates` -- the memory those counts imply, through
+  :func:`peftedu.accounting.estimate_training_memory`.
+* :func:`lora_rank_explorer` and :func:`memory_explorer` -- the widgets.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from torch import nn
+
+from .accounting import (
+    LLAMA_SHAPES,
+    METHODS,
+    DecoderShape,
+    MemoryEstimate,
+    count_parameters,
+    format_trainable_parameters,
+    method_memory,
+)
+
+#: The 1B-class architectures shipped in data/model_configs (built on the meta device: no download).
+SHIPPED_ARCHITECTURES = ("smollm2-135m", "tinyllama-1.1b", "qwen2.5-1.5b", "smollm2-1.7b", "bloom-1b4-zh")
+RANK_CHOICES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_model(name: str) -> nn.Module:
+    """A shipped architecture on the meta device (cached: the explorers rebuild on every slider move)."""
+    from .models import build_from_config
+
+    return build_from_config(name)
+
+
+def _as_model(model_or_name: nn.Module | str) -> nn.Module:
+    if isinstance(model_or_name, nn.Module):
+        return model_or_name
+    if isinstance(model_or_name, str):
+        return _meta_model(model_or_name)
+    raise ValueError(f"Expected an nn.Module or a shipped architecture name {SHIPPED_ARCHITECTURES}, got {model_or_name!r}.")
+
+
+def _output_layer_names(model: nn.Module) -> set[str]:
+    """Names of the output layer (``lm_head``), which peft's ``"all-linear"`` leaves out."""
+    get_out = getattr(model, "get_output_embeddings", None)
+    out = get_out() if callable(get_out) else None
+    return {name for name, module in model.named_modules() if out is not None and module is out}
+
+
+def linear_suffixes(model_or_name: nn.Module | str) -> list[str]:
+    """Last name component of every ``nn.Linear`` except the output layer, in model order
+    (``["q_proj", "k_proj", ...]`` for LLaMA, ``["query_key_value", "dense", ...]`` for BLOOM)."""
+    model = _as_model(model_or_name)
+    skip = _output_layer_names(model)
+    names = [n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in skip]
+    return list(dict.fromkeys(names))
+
+
+def match_target_modules(model: nn.Module, target_modules: Iterable[str] | str) -> dict[str, nn.Linear]:
+    """The modules LoRA would wrap, with peft's matching rules (see the module docstring).
+
+    Raises ValueError when a target matches nothing (peft's most common silent-looking mistake)
+    or matches a module that is not an ``nn.Linear``.
+    """
+    named = dict(model.named_modules())
+    if isinstance(target_modules, str):
+        if target_modules == "all-linear":
+            skip = _output_layer_names(model)
+            found = {n: m for n, m in named.items() if isinstance(m, nn.Linear) and n not in skip}
+            return found
+        pattern = target_modules
+        matched = {n: m for n, m in named.items() if n and re.fullmatch(pattern, n)}
+        if not matched:
+            raise ValueError(
+                f"The regular expression {pattern!r} matches no module name; a string target must match the "
+                f"whole name (e.g. r'.*\\.(q_proj|v_proj)'). Linear layers here: {linear_suffixes(model)}."
+            )
+    else:
+        targets = list(target_modules)
+        if not targets or not all(isinstance(t, str) and t for t in targets):
+            raise ValueError(f"target_modules must be 'all-linear', a regex, or a non-empty list of names; got {target_modules!r}.")
+        matched = {n: m for n, m in named.items() if any(n == t or n.endswith("." + t) for t in targets)}
+        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in matched)]
+        if missing:
+            raise ValueError(
+                f"Target modules {missing} match no module of {type(model).__name__}; "
+                f"its linear layers are {linear_suffixes(model)}."
+            )
+    not_linear = sorted({type(m).__name__ for m in matched.values() if not isinstance(m, nn.Linear)})
+    if not_linear:
+        raise ValueError(
+            f"target_modules also match modules of type {not_linear}; LoRA here wraps nn.Linear only. "
+            f"Name linear layers instead: {linear_suffixes(model)}."
+        )
+    return matched
+
+
+@dataclass(frozen=True)
+class LoraParameterCount:
+    """What LoRA of rank ``rank`` adds to a model (counts as HF peft reports them)."""
+
+    rank: int
+    lora_params: int  #: trainable: sum of r * (in + out)
+    base_params: int  #: the frozen model
+    n_modules: int  #: wrapped nn.Linear modules
+    by_target: dict[str, int] = field(default_factory=dict)  #: LoRA params per target suffix
+
+    @property
+    def total_params(self) -> int:
+        return self.base_params + self.lora_params
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100 * self.lora_params / self.total_params
+
+    def __str__(self) -> str:
+        return format_trainable_parameters((self.lora_params, self.total_params))
+
+
+def lora_parameter_count(
+    model_or_name: nn.Module | str, r: int, target_modules: Iterable[str] | str = ("q_proj", "v_proj")
+) -> LoraParameterCount:
+    """Count LoRA's trainable parameters without building it: ``sum over targets of r * (in + out)``.
+
+    ``model_or_name``: a model (meta device is fine) or a shipped architecture name
+    (:data:`SHIPPED_ARCHITECTURES`, built on "meta"). Equals what
+    ``peft.get_peft_model(model, LoraConfig(r=r, target_modules=...)).get_nb_trainable_parameters()``
+    reports (tested).
+    """
+    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+        raise ValueError(f"LoRA rank r must be a positive int, got {r!r}.")
+    model = _as_model(model_or_name)
+    matched = match_target_modules(model, target_modules)
+    by_target: dict[str, int] = {}
+    for name, module in matched.items():
+        suffix = name.rsplit(".", 1)[-1]
+        by_target[suffix] = by_target.get(suffix, 0) + r * (module.in_features + module.out_features)
+    _, base = count_parameters(model)
+    return LoraParameterCount(rank=r, lora_params=sum(by_target.values()), base_params=base,
+                              n_modules=len(matched), by_target=by_target)
+
+
+def quantizable_params(model_or_name: nn.Module | str) -> int:
+    """Weights that 4-bit loading replaces: every ``nn.Linear`` weight except the output layer
+    (bitsandbytes/transformers keep ``lm_head``, embeddings, norms and biases in 16-bit)."""
+    model = _as_model(model_or_name)
+    skip = _output_layer_names(model)
+    seen, total = set(), 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and name not in skip and id(module.weight) not in seen:
+            seen.add(id(module.weight))
+            total += module.weight.numel()
+    return total
+
+
+def lora_memory(
+    model_or_name: nn.Module | str,
+    r: int,
+    target_modules: Iterable[str] | str = ("q_proj", "v_proj"),
+    method: str = "lora",
+    activations_gb: float | None = None,
+) -> MemoryEstimate:
+    """Training memory of LoRA (``method="lora"``) or QLoRA (``"qlora"``) with these adapters."""
+    if method not in METHODS or not METHODS[method]["adapter"]:
+        adapters = [m for m, spec in METHODS.items() if spec["adapter"]]
+        raise ValueError(f"lora_memory needs an adapter method {adapters}, got {method!r}.")
+    count = lora_parameter_count(model_or_name, r, target_modules)
+    extra = {"quantized_params": quantizable_params(model_or_name)} if METHODS[method].get("quantized") else {}
+    return method_memory(method, count.base_params, adapter_params=count.lora_params, activations_gb=activations_gb, **extra)
+
+
+def memory_estimates(
+    model: str | DecoderShape,
+    methods: Iterable[str] = tuple(METHODS),
+    *,
+    lora_rank: int = 64,
+    lora_targets: Iterable[str] | str = "all-linear",
+    activations_gb: float | None = None,
+) -> dict[str, MemoryEstimate]:
+    """``{method: MemoryEstimate}`` for one model: a shipped architecture name (counted on the meta
+    device), a key of :data:`peftedu.accounting.LLAMA_SHAPES` ("7B", "65B", ...) or a DecoderShape."""
+    if isinstance(model, str) and model in LLAMA_SHAPES:
+        model = LLAMA_SHAPES[model]
+    methods = list(methods)
+    if not methods:
+        raise ValueError(f"Pick at least one method from {list(METHODS)}.")
+    estimates = {}
+    for method in methods:
+        if method not in METHODS:
+            raise ValueError(f"Unknown method {method!r}; known: {list(METHODS)}.")
+        spec = METHODS[method]
+        if isinstance(model, DecoderShape):
+            n = model.n_params()
+            adapter = model.lora_params(lora_rank, lora_targets) if spec["adapter"] else None
+            extra = {"quantized_params": model.linear_params()} if spec.get("quantized") else {}
+            estimates[method] = method_memory(method, n, adapter_params=adapter, activations_gb=activations_gb, **extra)
+        elif isinstance(model, str):
+            if spec["adapter"]:
+                estimates[method] = lora_memory(model, lora_rank, lora_targets, method, activations_gb)
+            else:
+                estimates[method] = method_memory(method, count_parameters(_as_model(model))[1], activations_gb=activations_gb)
+        else:
+            raise ValueError(
+                f"model must be a shipped architecture {SHIPPED_ARCHITECTURES}, a LLaMA size {list(LLAMA_SHAPES)} "
+                f"or a DecoderShape; got {model!r}."
+            )
+    return estimates
+
+
+PART_COLORS = {
+    "weights": "#4c72b0", "gradients": "#dd8452", "master weights": "#937860",
+    "optimizer states": "#c44e52", "activations": "#8172b3",
+}
+
+
+def plot_memory_breakdown(estimates: Mapping[str, MemoryEstimate], ax=None, gpu_gb: float | None = None, title: str = ""):
+    """Stacked bars, one per estimate: weights / gradients / master weights / optimizer / activations (GB).
+
+    ``gpu_gb`` draws a horizontal line at a GPU's memory. Returns the matplotlib Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    if not estimates:
+        raise ValueError("Nothing to plot: estimates is empty.")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.4 * len(estimates) + 3, 3.5))
+    labels = list(estimates)
+    bottoms = [0.0] * len(labels)
+    for part, color in PART_COLORS.items():
+        heights = [estimates[k].breakdown()[part] for k in labels]
+        if any(heights):
+            ax.bar(labels, heights, bottom=bottoms, color=color, label=part)
+            bottoms = [b + h for b, h in zip(bottoms, heights)]
+    for i, k in enumerate(labels):
+        ax.text(i, bottoms[i], f"{estimates[k].total_gb:.1f}", ha="center", va="bottom", fontsize=8)
+    if gpu_gb:
+        ax.axhline(gpu_gb, color="k", ls="--", lw=1, label=f"{gpu_gb:g} GB GPU")
+    ax.set_ylabel("GB (1e9 bytes)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return ax
+
+
+# --------------------------------------------------------------------------------------------------
+# Widgets (thin wrappers)
+# --------------------------------------------------------------------------------------------------
+
+
+def _show(fig) -> None:
+    """Render a figure inside the current (Output widget) context, then free it."""
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    display(fig)
+    plt.close(fig)
+
+
+def describe_lora(name: str, r: int, targets: Iterable[str] | str) -> str:
+    """The explorer's text: counts, then LoRA and QLoRA memory (activations excluded)."""
+    count = lora_parameter_count(name, r, targets)
+    lines = [f"{name}: LoRA r={r} on {count.n_modules} modules ({', '.join(count.by_target)})", str(count)]
+    for method in ("lora", "qlora"):
+        est = lora_memory(name, r, targets, method)
+        lines.append(f"{method:>6}: {est.total_gb:6.2f} GB = weights {est.weights_gb:.2f} + grads {est.gradients_gb:.3f} "
+                     f"+ optimizer {est.optimizer_gb:.3f} (activations not included)")
+    return "\n".join(lines)
+
+
+def lora_rank_explorer(architectures: Iterable[str] = SHIPPED_ARCHITECTURES, rank: int = 8, plot: bool = True):
+    """Dropdown (architecture) x rank slider x target selection -> parameters and memory.
+
+    Returns an ipywidgets ``VBox``; display it in a notebook. The computing is
+    :func:`describe_lora` / :func:`lora_parameter_count` / :func:`lora_memory`.
+    """
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    architectures = list(architectures)
+    if rank not in RANK_CHOICES:
+        raise ValueError(f"rank must be one of {RANK_CHOICES}, got {rank}.")
+    arch = widgets.Dropdown(options=architectures, value=architectures[0], description="model")
+    r = widgets.SelectionSlider(options=RANK_CHOICES, value=rank, description="rank r")
+
+    def default_targets(name):
+        names = linear_suffixes(name)
+        return [t for t in names if t in ("q_proj", "v_proj", "query_key_value")] or names[:1]
+
+    targets = widgets.SelectMultiple(options=linear_suffixes(arch.value), value=default_targets(arch.value),
+                                     description="targets", rows=7)
+
+    def on_arch(change):
+        targets.options = linear_suffixes(change["new"])
+        targets.value = default_targets(change["new"])
+
+    arch.observe(on_arch, "value")
+
+    def update(name, rank_value, target_names):
+        valid = [t for t in target_names if t in linear_suffixes(name)]
+        if not valid:
+            print("Select at least one target module.")
+            return
+        print(describe_lora(name, rank_value, valid))
+        if plot:
+            fig, ax = plt.subplots(figsize=(6, 3))
+            plot_memory_breakdown({m: lora_memory(name, rank_value, valid, m) for m in ("lora", "qlora")},
+                                  ax=ax, title=f"{name}, r={rank_value}")
+            _show(fig)
+
+    out = widgets.interactive_output(update, {"name": arch, "rank_value": r, "target_names": targets})
+    return widgets.VBox([widgets.HBox([arch, r]), targets, out])
+
+
+def memory_explorer(models: Iterable[str] = ("7B", "13B", "33B", "65B", "70B") + SHIPPED_ARCHITECTURES, plot: bool = True):
+    """Model size x methods x LoRA rank x activations -> stacked memory bars against a GPU line.
+
+    Returns an ipywidgets ``VBox``; the computing is :func:`memory_estimates`.
+    """
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    models = list(models)
+    model = widgets.Dropdown(options=models, value=models[0], description="model")
+    methods = widgets.SelectMultiple(options=list(METHODS), value=list(METHODS), description="methods", rows=5)
+    rank = widgets.SelectionSlider(options=RANK_CHOICES, value=64, description="LoRA r")
+    activations = widgets.FloatText(value=0.0, description="activ. GB")
+    gpu = widgets.Dropdown(options=[("none", 0), ("24 GB", 24), ("48 GB", 48), ("80 GB", 80)], value=24, description="GPU")
+
+    def update(model_name, method_names, lora_rank, activations_gb, gpu_gb):
+        if not method_names:
+            print("Select at least one method.")
+            return
+        if activations_gb < 0:
+            print("Activations must be >= 0 GB.")
+            return
+        estimates = memory_estimates(model_name, method_names, lora_rank=lora_rank,
+                                     activations_gb=activations_gb or None)
+        for name, est in estimates.items():
+            print(f"{name:>10}: {est.total_gb:8.1f} GB  ({METHODS[name]['description']})")
+        if plot:
+            fig, ax = plt.subplots(figsize=(7, 3.5))
+            plot_memory_breakdown(estimates, ax=ax, gpu_gb=gpu_gb or None, title=f"{model_name}, LoRA r={lora_rank} all-linear")
+            _show(fig)
+
+    out = widgets.interactive_output(update, {"model_name": model, "method_names": methods, "lora_rank": rank,
+                                              "activations_gb": activations, "gpu_gb": gpu})
+    return widgets.VBox([widgets.HBox([model, rank]), widgets.HBox([methods, widgets.VBox([activations, gpu])]), out])
+
+
+__all__ = [
+    "LoraParameterCount", "RANK_CHOICES", "SHIPPED_ARCHITECTURES", "describe_lora", "linear_suffixes", "lora_memory",
+    "lora_parameter_count", "lora_rank_explorer", "match_target_modules", "memory_estimates", "memory_explorer",
+    "plot_memory_breakdown", "quantizable_params",
+]

@@ -1,0 +1,115 @@
+"""Explorer logic equals HF peft's counts; the widgets build headless and react to their controls."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest
+
+from peftedu.accounting import GB, LLAMA_SHAPES, count_parameters, memory_table
+from peftedu.explorers import (
+    describe_lora,
+    linear_suffixes,
+    lora_memory,
+    lora_parameter_count,
+    lora_rank_explorer,
+    memory_estimates,
+    memory_explorer,
+    plot_memory_breakdown,
+    quantizable_params,
+)
+from peftedu.models import build_from_config
+
+peft = pytest.importorskip("peft")
+
+
+@pytest.mark.parametrize(
+    "name, targets",
+    [
+        ("tinyllama-1.1b", ["q_proj", "v_proj"]),
+        ("smollm2-135m", "all-linear"),
+        ("bloom-1b4-zh", ["query_key_value", "dense_4h_to_h"]),
+        ("qwen2.5-1.5b", r".*\.(q_proj|down_proj)"),
+    ],
+)
+def test_lora_count_equals_peft_on_meta(name, targets):
+    ours = lora_parameter_count(name, 8, targets)
+    peft_model = peft.get_peft_model(build_from_config(name), peft.LoraConfig(r=8, target_modules=targets))
+    assert (ours.lora_params, ours.total_params) == peft_model.get_nb_trainable_parameters()
+    wrapped = sum(isinstance(m, peft.tuners.lora.LoraLayer) for m in peft_model.modules())
+    assert ours.n_modules == wrapped
+
+
+def test_count_by_hand_tinyllama():
+    # 22 layers; q_proj 2048 -> 2048, v_proj 2048 -> 256 (4 kv heads of 64): r * (in + out) each
+    count = lora_parameter_count("tinyllama-1.1b", 8, ["q_proj", "v_proj"])
+    assert count.by_target == {"q_proj": 22 * 8 * (2048 + 2048), "v_proj": 22 * 8 * (2048 + 256)}
+    assert count.lora_params == 1_126_400 and count.n_modules == 44
+    assert str(count) == "trainable params: 1,126,400 || all params: 1,101,174,784 || trainable%: 0.1023"
+    assert lora_parameter_count("tinyllama-1.1b", 16, ["q_proj", "v_proj"]).lora_params == 2 * count.lora_params
+
+
+def test_targets_are_checked():
+    with pytest.raises(ValueError, match=r"\['qkv'\] match no module"):
+        lora_parameter_count("tinyllama-1.1b", 8, ["q_proj", "qkv"])
+    with pytest.raises(ValueError, match="LlamaMLP"):
+        lora_parameter_count("tinyllama-1.1b", 8, ["mlp"])
+    with pytest.raises(ValueError, match="whole name"):
+        lora_parameter_count("tinyllama-1.1b", 8, "q_proj")  # a string is a regex; needs '.*\.q_proj'
+    with pytest.raises(ValueError, match="positive int"):
+        lora_parameter_count("tinyllama-1.1b", 0, ["q_proj"])
+    with pytest.raises(ValueError, match="shipped"):
+        lora_parameter_count(42, 8, ["q_proj"])
+    assert linear_suffixes("bloom-1b4-zh") == ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+
+
+def test_lora_memory_is_the_counts_times_bytes():
+    count = lora_parameter_count("smollm2-135m", 16, "all-linear")
+    lora = lora_memory("smollm2-135m", 16, "all-linear", "lora")
+    # bf16 base (2 bytes) + fp32 adapters: weights 4 + grads 4 + AdamW 8 bytes
+    assert lora.total_gb == pytest.approx((count.base_params * 2 + count.lora_params * 16) / GB)
+    qlora = lora_memory("smollm2-135m", 16, "all-linear", "qlora")
+    quantized = quantizable_params("smollm2-135m")
+    assert 0 < quantized < count.base_params  # the tied embedding stays bf16
+    assert qlora.total_gb < lora.total_gb
+    with pytest.raises(ValueError, match="adapter method"):
+        lora_memory("smollm2-135m", 16, "all-linear", "full-fp32")
+
+
+def test_memory_estimates_agree_with_table():
+    estimates = memory_estimates("13B", lora_rank=64)
+    rows = {r["method"]: r for r in memory_table({"13B": LLAMA_SHAPES["13B"]})}
+    assert set(estimates) == set(rows)
+    for method, est in estimates.items():
+        assert est.total_gb == pytest.approx(rows[method]["total_gb"])
+    shipped = memory_estimates("tinyllama-1.1b", ["full-fp32"])
+    assert shipped["full-fp32"].total_gb == pytest.approx(count_parameters(build_from_config("tinyllama-1.1b"))[1] * 16 / GB)
+    with pytest.raises(ValueError, match="at least one"):
+        memory_estimates("7B", [])
+
+
+def test_plot_stacks_the_breakdown():
+    estimates = memory_estimates("7B", ["full-mixed", "qlora"], activations_gb=1.0)
+    ax = plot_memory_breakdown(estimates, gpu_gb=24)
+    for i, est in enumerate(estimates.values()):
+        tops = [p.get_y() + p.get_height() for p in ax.patches if abs(p.get_x() + p.get_width() / 2 - i) < 1e-6]
+        assert max(tops) == pytest.approx(est.total_gb)
+    matplotlib.pyplot.close("all")
+
+
+def test_widgets_build_headless_and_react(capsys):
+    widget = lora_rank_explorer(plot=False)
+    first = capsys.readouterr().out
+    assert "smollm2-135m: LoRA r=8" in first and "trainable params:" in first
+    arch, rank = widget.children[0].children
+    targets = widget.children[1]
+    rank.value = 32
+    assert "r=32" in capsys.readouterr().out
+    arch.value = "bloom-1b4-zh"
+    assert targets.options == tuple(linear_suffixes("bloom-1b4-zh")) and targets.value == ("query_key_value",)
+    assert describe_lora("bloom-1b4-zh", 32, ["query_key_value"]) in capsys.readouterr().out
+
+    explorer = memory_explorer(plot=True)
+    out = capsys.readouterr().out
+    assert "qlora" in out and "full-mixed" in out
+    matplotlib.pyplot.close("all")
