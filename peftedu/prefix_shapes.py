@@ -1,0 +1,162 @@
+"""Prefix tuning, one tensor at a time: every shape on the way from x to the attention output.
+
+:func:`prefix_shape_walkthrough` runs real tensors through the first attention layer of a model (or of an
+architecture built on the meta device, where tensors have shapes but no values) and records each step as
+``(name, shape, explanation)``, asserting the shape the equations predict. With N = batch, T = tokens,
+p = prefix length, h query heads, h_kv key/value heads (h_kv < h with grouped-query attention), d_h per
+head and L layers::
+
+    Q (N, h, T, d_h)   K, V (N, h_kv, T, d_h)          the layer's own projections of x (N, T, d_model)
+    prefix parameter (p, L * 2 * h_kv * d_h)           peft's PrefixEncoder.embedding, no projection
+    P_K, P_V of layer l (N, h_kv, p, d_h)              the reshape of prefix_tuning.prefix_key_values
+    K' = [P_K; K], V' = [P_V; V] (N, h_kv, p + T, d_h) what the key/value cache's update returns
+    A = softmax(Q K'^T / sqrt(d_h)) (N, h, T, p + T)   every token sees the whole prefix, causal on tokens
+    O = A V' (N, h, T, d_h) -> (N, T, h * d_h) -> o_proj -> (N, T, d_model)
+
+Rotary embeddings are left out (they change values, not shapes). :func:`prefix_shape_explorer` wraps the
+walkthrough in ipywidgets sliders (p, T, batch) and an architecture dropdown.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .config import check_positive
+from .prefix_tuning import PrefixEncoder, PrefixTuningConfig, prefix_geometry, prefix_key_values
+from .tuners import module_device, module_dtype
+
+ARCHITECTURES = ("smollm2-135m", "bloom-1b4-zh", "tinyllama-1.1b", "qwen2.5-1.5b", "smollm2-1.7b")
+
+
+class Step(NamedTuple):
+    name: str
+    shape: tuple[int, ...]
+    explanation: str
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_model(name: str) -> nn.Module:
+    from .models import build_from_config
+
+    return build_from_config(name)
+
+
+def _as_model(model_or_config) -> nn.Module:
+    if isinstance(model_or_config, nn.Module):
+        return model_or_config
+    if isinstance(model_or_config, str):
+        return _meta_model(model_or_config)
+    if hasattr(model_or_config, "to_dict"):  # a transformers config: build it without weights
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(model_or_config)
+    raise ValueError(f"Expected a model, a transformers config or a shipped name {ARCHITECTURES}; "
+                     f"got {type(model_or_config).__name__}.")
+
+
+def _first_attention(model: nn.Module):
+    """(q, k, v, out) callables of the first attention layer: Llama-style or BLOOM's fused projection."""
+    for module in model.modules():
+        if all(hasattr(module, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
+            return module.q_proj, module.k_proj, module.v_proj, module.o_proj
+        if hasattr(module, "query_key_value") and hasattr(module, "dense"):
+            fused = module.query_key_value  # BLOOM: per head [q | k | v], (N, T, h * 3 * d_h)
+            heads = module.num_heads
+            split = lambda x, i: fused(x).view(*x.shape[:2], heads, 3, -1)[..., i, :].flatten(2)
+            return (lambda x: split(x, 0)), (lambda x: split(x, 1)), (lambda x: split(x, 2)), module.dense
+    raise ValueError(f"No attention layer found in {type(model).__name__}: expected q_proj/k_proj/v_proj/o_proj "
+                     "(Llama, Qwen2) or query_key_value/dense (BLOOM).")
+
+
+def prefix_shape_walkthrough(model_or_config, batch: int = 2, seq_len: int = 5,
+                             num_virtual_tokens: int = 4) -> list[Step]:
+    """The ordered steps of one prefix-tuned attention layer, each shape checked with an ``assert``."""
+    for name, value in (("batch", batch), ("seq_len", seq_len), ("num_virtual_tokens", num_virtual_tokens)):
+        check_positive(name, value)
+    from transformers import DynamicCache
+
+    model = _as_model(model_or_config)
+    geometry = prefix_geometry(model.config)
+    L, h_kv, d_h = geometry["num_layers"], geometry["num_kv_heads"], geometry["head_dim"]
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    h = getattr(config, "num_attention_heads", None) or config.n_head
+    d_model = getattr(config, "hidden_size", None) or config.n_embd
+    N, T, p = batch, seq_len, num_virtual_tokens
+    device, dtype = module_device(model), module_dtype(model)
+    q_proj, k_proj, v_proj, out_proj = _first_attention(model)
+    steps: list[Step] = []
+
+    def record(name, tensor, expected, explanation):
+        assert tuple(tensor.shape) == tuple(expected), f"{name}: got {tuple(tensor.shape)}, expected {expected}"
+        steps.append(Step(name, tuple(tensor.shape), explanation))
+
+    x = torch.randn(N, T, d_model, device=device, dtype=dtype)
+    record("x", x, (N, T, d_model), "hidden states entering attention: batch N, T tokens, d_model")
+    heads_view = lambda t, n: t.view(N, T, n, d_h).transpose(1, 2)
+    q, k, v = heads_view(q_proj(x), h), heads_view(k_proj(x), h_kv), heads_view(v_proj(x), h_kv)
+    record("Q", q, (N, h, T, d_h), f"queries, {h} heads of d_h = {d_h}; prefix tuning leaves them alone")
+    record("K", k, (N, h_kv, T, d_h), f"keys of the real tokens, {h_kv} key/value heads")
+    record("V", v, (N, h_kv, T, d_h), "values of the real tokens")
+    prefix_config = PrefixTuningConfig(num_virtual_tokens=p, num_layers=L, token_dim=h_kv * d_h,
+                                       num_attention_heads=h_kv, encoder_hidden_size=h_kv * d_h)
+    flat = PrefixEncoder(prefix_config, device=device)()
+    record("prefix parameter", flat, (p, L * 2 * h_kv * d_h),
+           f"one trainable row per virtual token: L={L} layers x (key, value) x {h_kv} heads x {d_h} "
+           f"= {flat.shape[1]:,}; {flat.numel():,} parameters in all")
+    key_values = prefix_key_values(flat.to(dtype), L, h_kv, d_h, N)
+    record("P_K (layer 0)", key_values[0][0], (N, h_kv, p, d_h), "row viewed as (2L, h_kv, d_h); entry 2l is "
+           "layer l's key, expanded over the batch (every row gets the same prefix)")
+    record("P_V (layer 0)", key_values[0][1], (N, h_kv, p, d_h), "entry 2l + 1 is layer l's value")
+    cache = DynamicCache(key_values)
+    k_all, v_all = cache.update(k, v, 0)  # exactly what the attention layer calls
+    record("K' = [P_K; K]", k_all, (N, h_kv, p + T, d_h), "the cache prepends the prefix: p + T keys")
+    record("V' = [P_V; V]", v_all, (N, h_kv, p + T, d_h), "and p + T values")
+    if h != h_kv:
+        k_all, v_all = k_all.repeat_interleave(h // h_kv, 1), v_all.repeat_interleave(h // h_kv, 1)
+        record("K' per query head", k_all, (N, h, p + T, d_h),
+               f"grouped-query attention: each key/value head serves {h // h_kv} query heads")
+    scores = q @ k_all.transpose(-1, -2) / math.sqrt(d_h)
+    record("scores", scores, (N, h, T, p + T), "Q K'^T / sqrt(d_h): each token scores p prefix + T token keys")
+    rows, cols = torch.arange(T, device=device)[:, None], torch.arange(p + T, device=device)[None, :]
+    allowed = (cols < p) | (cols - p <= rows)  # the whole prefix, then causal over the real tokens
+    weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    record("A", weights, (N, h, T, p + T), "softmax over the p + T keys (future tokens masked, prefix never)")
+    if device.type != "meta":
+        assert torch.allclose(weights.sum(-1), torch.ones((), dtype=weights.dtype)), "rows of A must sum to 1"
+    out = weights @ v_all
+    record("O = A V'", out, (N, h, T, d_h), "one mixed value per token and head: the prefix adds no output rows")
+    merged = out.transpose(1, 2).reshape(N, T, h * d_h)
+    record("heads merged", merged, (N, T, h * d_h), "heads side by side")
+    record("output", out_proj(merged), (N, T, d_model), "the output projection: back to d_model")
+    return steps
+
+
+def format_walkthrough(steps: list[Step]) -> str:
+    width = max(len(s.name) for s in steps)
+    return "\n".join(f"{s.name:<{width}}  {str(s.shape):<24}  {s.explanation}" for s in steps)
+
+
+def prefix_shape_explorer(architectures=ARCHITECTURES, num_virtual_tokens: int = 4, seq_len: int = 5,
+                          batch: int = 2):
+    """Sliders for p, T and batch plus an architecture dropdown; prints :func:`prefix_shape_walkthrough`.
+    Returns an ipywidgets ``VBox`` (builds headless; architectures are built on the meta device)."""
+    import ipywidgets as widgets
+
+    architectures = list(architectures)
+    arch = widgets.Dropdown(options=architectures, value=architectures[0], description="model")
+    p = widgets.IntSlider(value=num_virtual_tokens, min=1, max=64, description="p (prefix)")
+    t = widgets.IntSlider(value=seq_len, min=1, max=64, description="T (tokens)")
+    n = widgets.IntSlider(value=batch, min=1, max=8, description="N (batch)")
+
+    def update(name, p_value, t_value, n_value):
+        print(f"{name}: N={n_value}, T={t_value}, p={p_value}")
+        print(format_walkthrough(prefix_shape_walkthrough(name, n_value, t_value, p_value)))
+
+    out = widgets.interactive_output(update, {"name": arch, "p_value": p, "t_value": t, "n_value": n})
+    return widgets.VBox([widgets.HBox([arch, p, t, n]), out])
