@@ -8,6 +8,7 @@ A frozen linear layer ``y = x W^T`` (W: out x in) gets a trainable low-rank upda
 
 Initialisation (as the paper and peft): A ~ kaiming-uniform(a=sqrt(5)), B = 0, so the wrapped model
 equals the base model at step 0. Trainable parameters per wrapped layer: r * (in + out).
+Adapter tensors are float32 even on a bf16/fp16 base (as peft); the update is cast to the base's dtype.
 Merging folds the update into the weight, ``W <- W + scaling * B A``, so inference costs nothing extra;
 unmerging subtracts it again. On a 4-bit base (QLoRA) merging means de-quantize, add, re-quantize.
 DoRA (``use_dora=True``) lives in :mod:`peftedu.dora`.
@@ -71,7 +72,8 @@ class LoraLinear(AdapterLayer):
 
     def add(self, adapter_name: str, config: LoraConfig) -> None:
         device = module_device(self.base_layer)
-        dtype = torch.float32 if device.type == "meta" else _float_dtype(self.base_layer)
+        # fp32 adapter tensors on a bf16/fp16 base, as peft (autocast_adapter_dtype=True): stable training
+        dtype = torch.float64 if _float_dtype(self.base_layer) == torch.float64 else torch.float32
         self.lora_A[adapter_name] = nn.Linear(self.in_features, config.r, bias=False, device=device, dtype=dtype)
         self.lora_B[adapter_name] = nn.Linear(config.r, self.out_features, bias=False, device=device, dtype=dtype)
         self.lora_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout else nn.Identity()
@@ -85,6 +87,8 @@ class LoraLinear(AdapterLayer):
             self.lora_magnitude_vector[adapter_name] = DoraMagnitude.from_layer(self, adapter_name)
 
     def delete_adapter(self, name: str) -> None:
+        if name in self.merged_adapters:
+            raise ValueError(f"Adapter {name!r} is merged into the base weights; call unmerge_adapter() first.")
         super().delete_adapter(name)
         self.scaling.pop(name, None)
         if name in self.lora_dropout:
@@ -100,13 +104,13 @@ class LoraLinear(AdapterLayer):
         return base.dequantize() if hasattr(base, "dequantize") else base.weight
 
     def adapter_output(self, x: torch.Tensor, base_out: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        """What adapter ``adapter_name`` adds to ``base_out`` for input rows ``x``."""
+        """What adapter ``adapter_name`` adds to ``base_out`` for input rows ``x`` (in the adapter's dtype)."""
         lora_A, lora_B = self.lora_A[adapter_name], self.lora_B[adapter_name]
         x = self.lora_dropout[adapter_name](x.to(lora_A.weight.dtype))
         if adapter_name in self.lora_magnitude_vector:
             dora = self.lora_magnitude_vector[adapter_name]
-            return dora(self, adapter_name, x, base_out).to(base_out.dtype)
-        return (lora_B(lora_A(x)) * self.scaling[adapter_name]).to(base_out.dtype)
+            return dora(self, adapter_name, x, base_out)
+        return lora_B(lora_A(x)) * self.scaling[adapter_name]
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.disabled:
@@ -123,9 +127,10 @@ class LoraLinear(AdapterLayer):
                 rows = [i for i, n in enumerate(self.row_adapters) if n == name]
                 result[rows] = result[rows] + self.adapter_output(x[rows], result[rows], name)
             return result
-        for name in self.active_adapters:
+        dtype = result.dtype
+        for name in self.active_adapters:  # summed in fp32, rounded once to the base's dtype (as peft)
             result = result + self.adapter_output(x, result, name)
-        return result
+        return result.to(dtype)
 
     # ----------------------------------------------------------------- merging
     def merge(self, adapter_names: list[str]) -> None:
@@ -135,7 +140,7 @@ class LoraLinear(AdapterLayer):
             if name in self.lora_magnitude_vector:
                 new_weight = self.lora_magnitude_vector[name].merged_weight(self, name)
             else:
-                new_weight = self.base_weight() + self.delta_weight(name).to(self.base_weight().dtype)
+                new_weight = (self.base_weight() + self.delta_weight(name)).to(self.base_weight().dtype)
             self._undo = getattr(self, "_undo", [])
             self._undo.append(self.base_weight().detach().clone() if name in self.lora_magnitude_vector else None)
             self._set_base_weight(new_weight)
@@ -148,7 +153,7 @@ class LoraLinear(AdapterLayer):
             if saved is not None:  # DoRA's merge is not a plain sum: restore the saved weight
                 self._set_base_weight(saved)
             else:
-                self._set_base_weight(self.base_weight() - self.delta_weight(name).to(self.base_weight().dtype))
+                self._set_base_weight((self.base_weight() - self.delta_weight(name)).to(self.base_weight().dtype))
 
     def _set_base_weight(self, weight: torch.Tensor) -> None:
         with torch.no_grad():
@@ -180,3 +185,9 @@ class LoraTuner(Tuner):
                 module = self.layer_class(module)
                 replace_module(model, name, module)
             module.add(adapter_name, config)
+
+    def named_adapter_tensors(self, peft_model, adapter_name: str) -> dict[str, torch.Tensor]:
+        # peft saves DoRA's magnitude as "<layer>.lora_magnitude_vector", without ".weight" (its older layout)
+        suffix = ".lora_magnitude_vector.weight"
+        return {key.removesuffix(".weight") if key.endswith(suffix) else key: tensor
+                for key, tensor in super().named_adapter_tensors(peft_model, adapter_name).items()}

@@ -53,7 +53,9 @@ class PeftModel(nn.Module):
         tuner = get_tuner(config.peft_type)
         self.peft_config[adapter_name] = config
         try:
-            tuner.inject(self.base_model, config, adapter_name)
+            # Layer methods change modules inside the base model; prompt methods keep their encoders on
+            # the wrapper (``self.prompt_encoder[adapter_name]``, as HF peft does), so they get the wrapper.
+            tuner.inject(self if tuner.is_prompt_learning else self.base_model, config, adapter_name)
             if getattr(config, "modules_to_save", None):
                 from .tuners import wrap_modules_to_save
 
@@ -151,6 +153,11 @@ class PeftModel(nn.Module):
         except AttributeError:
             if name == "base_model":
                 raise
+            # methods a tuner offers on the model itself, e.g. AdaLoRA's update_and_allocate(step)
+            config = self.__dict__.get("peft_config", {}).get(self.__dict__.get("active_adapter"))
+            if config is not None and name in getattr(get_tuner(config.peft_type), "model_methods", ()):
+                method = getattr(get_tuner(config.peft_type), name)
+                return lambda *args, **kwargs: method(self, *args, **kwargs)
             return getattr(self.base_model, name)
 
     # ------------------------------------------------------------------ counting
@@ -199,6 +206,12 @@ class PeftModel(nn.Module):
             self.merge_adapter()
         return self.unload()
 
+    def add_weighted_adapter(self, adapters, weights, adapter_name, combination_type="svd", svd_rank=None) -> None:
+        """Add a LoRA adapter combining ``adapters`` with ``weights`` (see :mod:`peftedu.merging`)."""
+        from .merging import add_weighted_adapter
+
+        add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, svd_rank)
+
     def unload(self) -> nn.Module:
         """Remove every adapter layer, putting the (possibly merged) base layers back."""
         from .tuners import replace_module
@@ -211,14 +224,17 @@ class PeftModel(nn.Module):
                     module.modules_to_save else module.base_layer
                 replace_module(model, name, keep)
             elif isinstance(module, AdapterLayer):
-                replace_module(model, name, module.base_layer)
+                replace_module(model, name, module.unwrap())
         return model
 
     # ------------------------------------------------------------------ saving and loading
     def state_dict_to_save(self, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
         adapter_name = adapter_name or self.active_adapter
-        return {k: v.detach().to("cpu").contiguous().clone()
-                for k, v in self.tuner.named_adapter_tensors(self, adapter_name).items()}
+        state = {k: v.detach().to("cpu").contiguous().clone()
+                 for k, v in self.tuner.named_adapter_tensors(self, adapter_name).items()}
+        # a tuner may save something other than its live tensors (AdaLoRA: only the kept ranks)
+        return self.tuner.translate_saved_state(self, state, adapter_name) \
+            if hasattr(self.tuner, "translate_saved_state") else state
 
     def save_pretrained(self, directory: str | Path, selected_adapters: list[str] | None = None) -> None:
         """peft's layout: the default adapter at the top, any other in a sub-folder of its name."""
@@ -239,9 +255,10 @@ class PeftModel(nn.Module):
 
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor], adapter_name: str) -> None:
         """Copy saved tensors into an adapter built from the same config; every mismatch is an error."""
-        live = self.tuner.named_adapter_tensors(self, adapter_name)
+        # translate first: it may reshape the adapter to fit the file (AdaLoRA's rank_pattern)
         state = self.tuner.translate_loaded_state(self, state, adapter_name) \
             if hasattr(self.tuner, "translate_loaded_state") else state
+        live = self.tuner.named_adapter_tensors(self, adapter_name)
         missing = sorted(set(live) - set(state))
         unexpected = sorted(set(state) - set(live))
         if missing or unexpected:

@@ -56,9 +56,9 @@ def find_target_modules(model: nn.Module, target_modules, *, allowed_types=None,
     """Names of the modules a config targets, in model order.
 
     ``target_modules`` is a list of name suffixes (``["q_proj", "v_proj"]`` matches
-    ``model.layers.3.self_attn.q_proj``), a regular expression that must match the *whole* name, or
-    ``"all-linear"`` (every linear layer except the output head). Matching nothing is an error that
-    lists the names that exist, never a silent no-op.
+    ``model.layers.3.self_attn.q_proj``; dotted ones like ``"mlp.down_proj"`` too), a regular
+    expression that must match the *whole* name, or ``"all-linear"`` (every linear layer except the
+    output head). Matching nothing is an error that lists the names that exist, never a silent no-op.
     """
     allowed_types = allowed_types or linear_types()
     candidates, inside_wrapper = {}, ()
@@ -79,8 +79,8 @@ def find_target_modules(model: nn.Module, target_modules, *, allowed_types=None,
         names = [name for name in candidates if re.fullmatch(target_modules, name)]
     elif isinstance(target_modules, (list, tuple, set, frozenset)) and target_modules:
         targets = set(target_modules)
-        names = [name for name in candidates if name in targets or name.rsplit(".", 1)[-1] in targets]
-        unused = sorted(t for t in targets if not any(n == t or n.rsplit(".", 1)[-1] == t for n in names))
+        names = [name for name in candidates if any(_matches_suffix(name, t) for t in targets)]
+        unused = sorted(t for t in targets if not any(_matches_suffix(n, t) for n in names))
         if names and unused:
             raise ValueError(f"{what} entries {unused} match no module; the rest matched. Known layer names: "
                              f"{_short_names(candidates)}.")
@@ -95,6 +95,11 @@ def find_target_modules(model: nn.Module, target_modules, *, allowed_types=None,
             f"{next(iter(candidates), '<none>')!r})."
         )
     return names
+
+
+def _matches_suffix(name: str, target: str) -> bool:
+    """peft's rule for a list entry: the whole name, or a dotted suffix of it ("mlp.down_proj")."""
+    return name == target or name.endswith("." + target)
 
 
 def _short_names(candidates) -> list[str]:
@@ -174,6 +179,10 @@ class AdapterLayer(nn.Module):
     def unmerge(self) -> None:
         raise NotImplementedError(f"{type(self).__name__} cannot be merged into the base weight.")
 
+    def unwrap(self) -> nn.Module:
+        """The module that takes this wrapper's place on ``unload()`` (merged or not): the base layer."""
+        return self.base_layer
+
     def _base_forward(self, x, *args, **kwargs):
         return self.base_layer(x, *args, **kwargs)
 
@@ -228,7 +237,11 @@ def wrap_modules_to_save(model: nn.Module, names, adapter_name: str) -> None:
 # ----------------------------------------------------------------------------- the method protocol
 class Tuner:
     """One per method. The layer-method defaults below serve LoRA, IA3, adapters ...;
-    prompt methods override ``inject``, ``named_adapter_tensors``, ``forward`` and ``generate``."""
+    prompt methods override ``inject``, ``named_adapter_tensors``, ``forward`` and ``generate``.
+
+    ``inject`` receives the base model for layer methods and the :class:`~peftedu.peft_model.PeftModel`
+    itself for prompt methods (``is_prompt_learning = True``), which register their encoders there as
+    ``peft_model.prompt_encoder[adapter_name]`` (HF peft's parameter names)."""
 
     peft_type: str = ""
     is_prompt_learning = False
