@@ -1,0 +1,190 @@
+"""(IA)^3 (抑制和放大内部激活, "Infused Adapter by Inhibiting and Amplifying Inner Activations",
+Liu et al. 2022, arXiv:2205.05638): learned vectors that rescale activations elementwise.
+
+The paper rescales the attention keys and values and the feed-forward hidden activation::
+
+    softmax(Q (l_k * K)^T / sqrt(d)) (l_v * V)        and        (l_ff * act(x W_1^T)) W_2^T
+
+As in HF peft, a vector ``ia3_l`` sits on a linear layer, on one of two sides:
+
+* an ordinary target (k_proj, v_proj) scales its **output**:   y = (x W^T + b) * l,  ia3_l: (out, 1)
+* a feed-forward target (down_proj) scales its **input**:      y = (x * l) W^T + b,  ia3_l: (1, in)
+
+so ``l_ff`` on ``down_proj``'s input is exactly the paper's rescaled hidden activation.
+Initialisation: ones (``init_ia3_weights=True``), so the model is unchanged at step 0.
+Trainable parameters per layer: ``out`` (ordinary) or ``in`` (feed-forward). Default targets (peft's
+tables, chosen from ``model.config.model_type`` when ``target_modules`` is None): Llama k_proj, v_proj,
+down_proj (feed-forward: down_proj) -> SmolLM2-135M 30 x (192 + 192 + 1536) = 57,600; BLOOM
+query_key_value, mlp.dense_4h_to_h -> bloom-1b4-zh 24 x (6144 + 8192) = 344,064, the tutorial's count.
+
+Merging multiplies the weight, ``W <- W * l`` (columns for feed-forward, rows and the bias otherwise);
+unmerging divides by ``l`` again (exact up to rounding; a zero entry cannot be divided, so in that case
+the original weight is kept aside instead).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import torch
+from torch import nn
+
+from .config import PeftConfig, register_config
+from .tuners import AdapterLayer, Tuner, find_target_modules, module_device, register_tuner, replace_module
+
+# peft's TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING / ..._FEEDFORWARD_MODULES_MAPPING (model_type -> names)
+IA3_TARGET_MODULES = {"llama": ["k_proj", "v_proj", "down_proj"], "mistral": ["k_proj", "v_proj", "down_proj"],
+                      "qwen2": ["q_proj", "v_proj", "down_proj"], "bloom": ["query_key_value", "mlp.dense_4h_to_h"]}
+IA3_FEEDFORWARD_MODULES = {"llama": ["down_proj"], "mistral": ["down_proj"], "qwen2": ["down_proj"],
+                           "bloom": ["mlp.dense_4h_to_h"]}
+
+
+@register_config
+@dataclasses.dataclass
+class IA3Config(PeftConfig):
+    """Field names and defaults as peft's ``IA3Config`` (targets chosen per architecture when None)."""
+
+    peft_type = "IA3"
+    target_modules: list[str] | str | None = None
+    feedforward_modules: list[str] | str | None = None
+    modules_to_save: list[str] | None = None
+    init_ia3_weights: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        for field in ("target_modules", "feedforward_modules"):
+            value = getattr(self, field)
+            if isinstance(value, (set, tuple)):
+                value = sorted(value)
+                setattr(self, field, value)
+            if value is not None and not isinstance(value, (str, list)):
+                raise ValueError(f"{field} must be None, a list of names or a regex string; got {value!r}.")
+        if isinstance(self.target_modules, list) and isinstance(self.feedforward_modules, list) \
+                and not set(self.feedforward_modules) <= set(self.target_modules):
+            raise ValueError(f"feedforward_modules {sorted(set(self.feedforward_modules) - set(self.target_modules))} "
+                             "are not in target_modules: a feed-forward module must also be a target.")
+
+
+def is_feedforward(name: str, feedforward_modules) -> bool:
+    if isinstance(feedforward_modules, str):
+        return re.fullmatch(feedforward_modules, name) is not None
+    return any(name == f or name.endswith("." + f) for f in feedforward_modules or [])
+
+
+class IA3Linear(AdapterLayer):
+    """A linear layer whose input (feed-forward) or output (otherwise) is scaled by ``ia3_l[adapter]``."""
+
+    adapter_attributes = ("ia3_l",)
+
+    def __init__(self, base_layer: nn.Module, feedforward: bool):
+        super().__init__(base_layer)
+        self.is_feedforward = feedforward
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        self.ia3_l = nn.ParameterDict()
+        self._undo: list = []
+
+    def add(self, adapter_name: str, config: IA3Config) -> None:
+        shape = (1, self.in_features) if self.is_feedforward else (self.out_features, 1)
+        device = module_device(self.base_layer)
+        vector = torch.ones(shape, device=device) if config.init_ia3_weights else torch.randn(shape).to(device)
+        self.ia3_l[adapter_name] = nn.Parameter(vector)
+
+    def _scaling(self, names) -> torch.Tensor | None:
+        """The product of the named adapters' vectors, flattened to (in,) or (out,); None if none applies."""
+        scaling = None
+        for name in names:
+            if name in self.ia3_l:
+                vector = self.ia3_l[name].flatten()
+                scaling = vector if scaling is None else scaling * vector
+        return scaling
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.disabled and self.merged:
+            self.unmerge()
+        if self.disabled or self.merged:
+            return self.base_layer(x, *args, **kwargs)
+        if self.row_adapters is not None:  # mixed batch: one scaling vector per row
+            size = self.in_features if self.is_feedforward else self.out_features
+            ones = torch.ones(size, device=x.device)
+            rows = [self._scaling([n]) for n in self.row_adapters]
+            scaling = torch.stack([ones if r is None else r for r in rows])  # (batch, size)
+            scaling = scaling.view(scaling.shape[0], *[1] * (x.dim() - 2), size)
+        else:
+            scaling = self._scaling(self.active_adapters)
+            if scaling is None:
+                return self.base_layer(x, *args, **kwargs)
+        if self.is_feedforward:
+            return self.base_layer((x * scaling).to(x.dtype), *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        return (result * scaling).to(result.dtype)
+
+    # ----------------------------------------------------------------- merging: W * l, undone by W / l
+    def merge(self, adapter_names: list[str]) -> None:
+        for name in adapter_names:
+            if name not in self.ia3_l:
+                continue
+            vector = self.ia3_l[name].detach()
+            weight, bias = self._weight(), self.base_layer.bias
+            self._undo.append((weight.clone(), None if bias is None else bias.detach().clone())
+                              if (vector == 0).any() else None)
+            self._set(weight * vector.to(weight.dtype),
+                      None if bias is None or self.is_feedforward else bias * vector.flatten().to(bias.dtype))
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        while self.merged_adapters:
+            name, saved = self.merged_adapters.pop(), self._undo.pop()
+            if saved is not None:
+                self._set(*saved)
+                continue
+            vector, weight, bias = self.ia3_l[name].detach(), self._weight(), self.base_layer.bias
+            self._set(weight / vector.to(weight.dtype),
+                      None if bias is None or self.is_feedforward else bias / vector.flatten().to(bias.dtype))
+
+    def _weight(self) -> torch.Tensor:
+        base = self.base_layer
+        return base.dequantize() if hasattr(base, "dequantize") else base.weight.detach()
+
+    def _set(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        with torch.no_grad():
+            if hasattr(self.base_layer, "requantize"):  # 4-bit base: back to 4 bits (lossy)
+                self.base_layer.requantize(weight)
+            else:
+                self.base_layer.weight.copy_(weight)
+            if bias is not None:
+                self.base_layer.bias.copy_(bias)
+
+
+@register_tuner
+class IA3Tuner(Tuner):
+    peft_type = "IA3"
+
+    def inject(self, model: nn.Module, config: IA3Config, adapter_name: str) -> None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if config.target_modules is None:
+            if model_type not in IA3_TARGET_MODULES:
+                raise ValueError(f"No default IA3 target_modules for model_type {model_type!r} (known: "
+                                 f"{sorted(IA3_TARGET_MODULES)}); pass target_modules=[...] yourself.")
+            config.target_modules = list(IA3_TARGET_MODULES[model_type])
+        if config.feedforward_modules is None:
+            if model_type not in IA3_FEEDFORWARD_MODULES:
+                raise ValueError(f"No default IA3 feedforward_modules for model_type {model_type!r}; pass "
+                                 "feedforward_modules=[...] (a subset of target_modules, e.g. ['down_proj']).")
+            config.feedforward_modules = list(IA3_FEEDFORWARD_MODULES[model_type])
+        names = find_target_modules(model, config.target_modules)
+        ff = config.feedforward_modules
+        entries = [ff] if isinstance(ff, str) else [[f] for f in ff]  # a regex, or one-name lists
+        unused = [e for e in entries if not any(is_feedforward(n, e) for n in names)]
+        if unused:
+            raise ValueError(f"feedforward_modules entries {unused} match none of the targeted layers "
+                             f"(e.g. {names[:3]}); a feed-forward module must be one of the targets.")
+        for name in names:
+            module, feedforward = model.get_submodule(name), is_feedforward(name, ff)
+            if not isinstance(module, IA3Linear):
+                module = IA3Linear(module, feedforward)
+                replace_module(model, name, module)
+            elif module.is_feedforward != feedforward:
+                raise ValueError(f"{name} is {'' if module.is_feedforward else 'not '}a feed-forward module for the "
+                                 "existing adapters; every adapter must scale the same side of a layer.")
+            module.add(adapter_name, config)
