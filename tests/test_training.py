@@ -194,10 +194,12 @@ def test_short_lora_run_lowers_the_loss(base):
     model, tok = base
     peft_model = lora(model)
     try:
-        history = train(peft_model, tok, load_task("topic", "train"), max_steps=6, batch_size=4, grad_accum=1,
-                        lr=3e-3, warmup_steps=1, progress=False)
+        # Four steps on the same four examples: the loss on them must fall fast (about 1.9 -> 0.4).
+        history = train(peft_model, tok, load_task("topic", "train").select(range(4)), max_steps=4, batch_size=4,
+                        grad_accum=1, lr=3e-3, warmup_steps=0, progress=False)
         assert history.trainable_params == 30 * 2 * 8 * (576 + 576) - 30 * 8 * (576 - 192)  # q: 576->576, v: 576->192
-        assert sum(history.loss[-2:]) / 2 < 0.5 * history.loss[0], history.loss
+        assert all(a > b for a, b in zip(history.loss, history.loss[1:])), history.loss
+        assert history.loss[-1] < 0.5 * history.loss[0], history.loss
     finally:
         peft_model.unload()  # give the shared base model back without LoRA layers
 
