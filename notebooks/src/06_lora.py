@@ -487,11 +487,13 @@ assert all("lora_B" in name for name in groups["groupB"]) and len(groups["groupB
 assert optimizer.param_groups[2]["lr"] == 16 * optimizer.param_groups[0]["lr"]
 
 # %% [markdown]
-# A short run on `extract` (half the quick profile's steps; the schedule's peaks are the groups' learning rates):
+# A short run on `extract` — half the profile's optimizer steps, each with half its examples; the learning-rate
+# schedule's peaks are the groups' own learning rates:
 
 # %%
 extract_history = train(peft_model, tokenizer, load_task("extract", "train"), optimizer=optimizer,
-                        max_steps=max(6, profile.max_steps // 2), progress=False)
+                        max_steps=max(6, profile.max_steps // 2), batch_size=profile.examples_per_step // 2,
+                        grad_accum=1, progress=False)
 print(extract_history.summary())
 extract_rows = 16 if profile.name == "quick" else None
 extract_after = evaluate(peft_model, tokenizer, "extract", rows=extract_rows)
@@ -598,11 +600,13 @@ del fresh, reloaded, reloaded_by_peft
 
 # %%
 def mean_forward_seconds(m, repeats=3):
+    """Mean wall time of a forward pass on the first probe prompt (after one warm-up pass)."""
+    one_row = {k: v[:1] for k, v in probe.items()}
     with torch.no_grad():
-        m(**probe)  # warm-up
+        m(**one_row)
         start = time.perf_counter()
         for _ in range(repeats):
-            m(**probe)
+            m(**one_row)
     return (time.perf_counter() - start) / repeats
 
 
@@ -611,7 +615,7 @@ peft_model.merge_adapter()
 merged_logits = logits_of(peft_model)
 merged_s = mean_forward_seconds(peft_model)
 cmp("merged vs unmerged logits", merged_logits, topic_logits, atol=MERGE_TOL)
-print(f"forward pass of the probe batch: unmerged {1000 * unmerged_s:.1f} ms, merged {1000 * merged_s:.1f} ms")
+print(f"forward pass of one prompt: unmerged {1000 * unmerged_s:.1f} ms, merged {1000 * merged_s:.1f} ms")
 peft_model.unmerge_adapter()
 _ = cmp("unmerged again", logits_of(peft_model), topic_logits, atol=MERGE_TOL)
 
