@@ -1,9 +1,11 @@
-"""Command line: ``python -m peftedu {prepare,data,tour}``.
+"""Command line: ``python -m peftedu {prepare,data,tour,showdown}``.
 
 * ``prepare`` -- convert the bundled GGUF model once into the fast local cache (run by set-up).
 * ``data``    -- regenerate ``data/tasks/`` from the seeded generators (byte-identical).
 * ``tour``    -- the main job: load the base model, score it zero-shot, train a LoRA in the current
   profile (``PEFTEDU_PROFILE``, default ``quick``), score it again and show a generation before/after.
+* ``showdown`` -- every method trained on the same task, budget and seed, side by side with HF peft;
+  writes ``results/showdown_*.{csv,md,json,png}`` (``--smoke``: seconds, for CI). See :mod:`peftedu.showdown`.
 """
 
 from __future__ import annotations
@@ -98,6 +100,11 @@ def main(argv=None) -> None:
     p.add_argument("--tasks", nargs="+", default=["topic", "extract"])
     p.add_argument("--json", default=None, help="also write the measured numbers to this JSON file")
     p.set_defaults(func=cmd_tour)
+    from . import showdown
+
+    p = sub.add_parser("showdown", help="every method side by side, measured (results/)")
+    showdown.add_arguments(p)
+    p.set_defaults(func=showdown.main)
     args = parser.parse_args(argv)
     args.func(args)
 

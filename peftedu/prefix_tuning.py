@@ -18,7 +18,8 @@ head_dim`` (the key/value width: with grouped-query attention (GQA) the prefix h
   -> Linear(token_dim, encoder_hidden_size) -> Tanh -> Linear(encoder_hidden_size, L * 2 * token_dim).
   ``encoder_hidden_size`` defaults to ``token_dim``.
 
-Initialisation: N(0, 1) embeddings, default Linear init (peft's), or ``init_weights="zero"``.
+Initialisation: N(0, 1) embeddings, default Linear init (peft's), or ``init_weights="zero"``; or a real
+cache from text (:func:`prefix_from_text`, Li & Liang's initialisation, the one that trains well here).
 Layout (peft's ``get_prompt``): the flat row of width L * 2 * token_dim is viewed as (2L, kv_heads, head_dim);
 entry 2l is layer l's key, 2l + 1 its value, each (batch, kv_heads, p, head_dim) -- the cache layout.
 Counts on bloom-1b4-zh (L = 24, token_dim 2048), p = 10: 983,040 without projection; with projection
@@ -106,6 +107,30 @@ def prefix_key_values(flat: torch.Tensor, num_layers: int, num_kv_heads: int, he
     per_entry = flat.view(p, num_layers * 2, num_kv_heads, head_dim).permute(1, 2, 0, 3)  # (2L, h_kv, p, d_h)
     per_entry = per_entry.unsqueeze(1).expand(-1, batch, -1, -1, -1)  # (2L, batch, h_kv, p, d_h)
     return [(per_entry[2 * layer], per_entry[2 * layer + 1]) for layer in range(num_layers)]
+
+
+@torch.no_grad()
+def prefix_from_text(model: nn.Module, tokenizer, text: str, num_virtual_tokens: int) -> torch.Tensor:
+    """Li & Liang's initialisation: the key/value cache of the first ``p`` tokens of ``text``, as a flat prefix.
+
+    A prefix *is* a cache, so a real one -- what the frozen model computes while reading task-like words --
+    is a prefix that starts near the base model's loss (peft's N(0, 1) prefix starts far above it; notebook
+    04 measures both). The text runs at positions -p..-1, just before the real tokens at 0..T-1. Returns
+    (p, L * 2 * token_dim) in peft's layout, the inverse of :func:`prefix_key_values`; copy it into
+    ``peft_model.prompt_encoder[name].embedding.weight`` (prefix tuning without projection).
+    """
+    ids = tokenizer(text)["input_ids"]
+    if len(ids) < num_virtual_tokens:
+        raise ValueError(f"The init text has {len(ids)} tokens; num_virtual_tokens={num_virtual_tokens} needs at "
+                         "least that many. Use a longer text or fewer virtual tokens.")
+    ids = torch.tensor([ids[:num_virtual_tokens]], device=module_device(model))
+    kwargs = {"use_cache": True}
+    if "position_ids" in inspect.signature(model.forward).parameters:
+        kwargs["position_ids"] = torch.arange(-num_virtual_tokens, 0, device=ids.device)[None]
+    out = model(input_ids=ids, **kwargs)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    per_entry = torch.stack([t for layer in cache.layers for t in (layer.keys[0], layer.values[0])])  # (2L,h,p,d)
+    return per_entry.permute(2, 0, 1, 3).reshape(num_virtual_tokens, -1)
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

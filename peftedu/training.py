@@ -144,6 +144,16 @@ class TrainHistory:
     peak_memory_method: str = ""
     trainable_params: int = 0
     profile: str = ""
+    step_time_s: list[float] = field(default_factory=list)  # wall time of each optimizer step
+
+    @property
+    def median_step_time_s(self) -> float:
+        """Median seconds per optimizer step, the first (warm-up: lazy allocations) excluded when possible."""
+        times = sorted(self.step_time_s[1:] or self.step_time_s)
+        if not times:
+            raise ValueError("No step was timed.")
+        mid = len(times) // 2
+        return times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
 
     @property
     def steps(self) -> int:
@@ -258,6 +268,7 @@ def train(model, tokenizer, train_data, *, profile: str | Profile | None = None,
     def run_steps() -> None:
         bar = tqdm(range(max_steps), desc="train", disable=not progress)
         for _ in bar:
+            step_start = time.perf_counter()
             step_examples = next_examples(batch_size * grad_accum)
             micro_batches = [
                 {k: v.to(device) for k, v in collate(step_examples[i:i + batch_size]).items()}
@@ -273,6 +284,9 @@ def train(model, tokenizer, train_data, *, profile: str | Profile | None = None,
                 model.update_and_allocate(len(history.loss) + 1)
             optimizer.zero_grad(set_to_none=True)
             history.loss.append(loss)
+            if device.type == "cuda":  # kernels run asynchronously: wait for them before reading the clock
+                torch.cuda.synchronize(device)
+            history.step_time_s.append(time.perf_counter() - step_start)
             history.tokens += sum(int(b["attention_mask"].sum()) for b in micro_batches)
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{history.lr[-1]:.2e}")
 

@@ -256,3 +256,23 @@ def test_walkthrough_on_bloom_meta_and_explorer(capsys):
     p.value = 6
     arch.value = "smollm2-135m"
     assert "(2, 9, 5, 11)" in capsys.readouterr().out  # scores (N, h, T, p + T)
+
+
+def test_prefix_from_text_is_the_cache_of_reading_the_text_first(smollm2):
+    """A prefix made from text gives what the model computes when it reads that text before the input."""
+    from peftedu.prefix_tuning import prefix_from_text
+
+    model, tokenizer = smollm2()
+    text, p = "Classify the topic of the sentence as sports, cooking, travel or technology.", 6
+    flat = prefix_from_text(model, tokenizer, text, p)
+    prefixed = get_peft_model(model, pt.PrefixTuningConfig(num_virtual_tokens=p))
+    with torch.no_grad():
+        prefixed.prompt_encoder["default"].embedding.weight.copy_(flat)
+        x = tokenizer("The match ended in a draw.", return_tensors="pt")["input_ids"]
+        text_ids = torch.tensor([tokenizer(text)["input_ids"][:p]])
+        with prefixed.disable_adapter():
+            read_first = prefixed(input_ids=torch.cat([text_ids, x], dim=1)).logits[:, p:]
+        with_prefix = prefixed(input_ids=x, attention_mask=torch.ones_like(x)).logits
+    torch.testing.assert_close(with_prefix, read_first, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"has \d tokens; num_virtual_tokens=6"):
+        prefix_from_text(model, tokenizer, "sports cooking travel", 6)

@@ -1,0 +1,103 @@
+"""The showdown command: its runs, its peft comparison, its result files, the serving benchmark."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from peftedu import showdown as sd
+
+SMOKE = sd.Settings(model="tiny-random", profile="quick", max_steps=2, eval_rows=4, latency_rows=2,
+                    latency_repeats=1, device="cpu")
+
+
+def test_every_method_has_a_config_both_libraries_understand():
+    import peft
+
+    import peftedu
+    from peftedu.training import get_profile
+
+    model, tokenizer, _ = sd.load_model(SMOKE)
+    for method in sd.METHODS.values():
+        if method.config is None:
+            assert method.kind == "full"
+            continue
+        class_name, kwargs = method.config(model, tokenizer, get_profile("quick"))
+        if method.kind in ("peft", "loraplus"):
+            getattr(peft, class_name)(task_type="CAUSAL_LM", **kwargs)  # peft accepts the same kwargs
+        if class_name == "PromptTuningConfig":
+            kwargs = {k: v for k, v in kwargs.items() if k != "tokenizer_name_or_path"} | {"tokenizer": tokenizer}
+        getattr(peftedu, class_name)(**kwargs)
+
+
+@pytest.mark.parametrize("method,impl", [("lora", "peftedu"), ("lora", "peft"), ("prefix_tuning", "peftedu"),
+                                         ("full", "peftedu"), ("loraplus", "peft"), ("qlora", "peftedu")])
+def test_one_run_measures_every_column(method, impl):
+    row = sd.run_one(method, impl, SMOKE)
+    assert row["method"] == method and row["impl"] == impl and row["steps"] == 2
+    assert 0 < row["trainable"] <= row["total"]
+    assert row["time_per_step_s"] > 0 and row["tokens_per_s"] > 0 and row["latency_unmerged_rel"] > 0
+    assert 0.0 <= row["score"] <= 1.0 and 0.0 <= row["retention"] <= 1.0 and row["eval_rows"] == 4
+    assert (row["latency_merged_rel"] is not None) == sd.METHODS[method].mergeable
+    assert row["mfu"] is None  # no FLOPs peak on a CPU
+    if method == "full":
+        assert row["trainable"] == row["total"]
+
+
+def test_the_peft_twin_is_refused_for_methods_peft_lacks():
+    with pytest.raises(ValueError, match="peft has no houlsby"):
+        sd.run_one("houlsby", "peft", SMOKE)
+
+
+def test_an_isolated_run_gives_the_same_trained_model_as_an_in_process_one():
+    inside = sd.run_one("ia3", "peftedu", SMOKE)
+    isolated = sd.run_isolated("ia3", "peftedu", SMOKE)
+    for key in ("trainable", "total", "loss_first", "loss_last", "score", "retention", "tokens"):
+        assert isolated[key] == pytest.approx(inside[key], rel=1e-4), key
+    assert isolated["peak_memory_mb"] is not None
+
+
+def test_unknown_methods_are_named():
+    with pytest.raises(ValueError, match="Unknown method.*'lorax'.*the showdown knows"):
+        sd.showdown(SMOKE, methods=["lorax"])
+
+
+def _row(method, impl, score, step, memory):
+    return {"method": method, "impl": impl, "family": "f", "trainable": 10, "total": 1000, "trainable_pct": 1.0,
+            "time_per_step_s": step, "tokens_per_s": 100.0, "peak_memory_mb": memory, "score": score,
+            "retention": 0.5, "forgetting": 0.25, "latency_unmerged_rel": 1.1, "latency_merged_rel": 1.0,
+            "steps": 2, "tokens": 50, "note": "", "device": "cpu", "mfu": None}
+
+
+def test_ratios_are_peftedu_over_peft_and_written_to_every_file(tmp_path):
+    rows = [_row("lora", "peftedu", 0.9, 2.0, 300.0), _row("lora", "peft", 0.8, 1.6, 200.0),
+            _row("bitfit", "peftedu", 0.7, 1.0, 100.0)]
+    sd.compare_with_peft(rows)
+    assert rows[0]["time_ratio_vs_peft"] == pytest.approx(1.25)
+    assert rows[0]["memory_ratio_vs_peft"] == pytest.approx(1.5)
+    assert rows[0]["peft_score"] == 0.8 and "time_ratio_vs_peft" not in rows[2]
+    result = {"rows": rows, "baseline": {"score": 0.0, "retention": 0.75, "eval_rows": 4},
+              "settings": SMOKE.__dict__, "serving": {"adapters": 8, "requests": 16, "max_logit_diff": 1e-6,
+                                                       "throughput_ratio": 3.0},
+              "model": "m", "device": "cpu", "weights": "random", "date": "2026-01-01", "command": "c"}
+    paths = sd.write_results(result, tmp_path, "t")
+    with open(paths["csv"]) as f:
+        table = list(csv.DictReader(f))
+    assert [r["method"] for r in table] == ["lora", "lora", "bitfit"]
+    assert float(table[0]["time_ratio_vs_peft"]) == pytest.approx(1.25)
+    md = paths["md"].read_text()
+    assert "| lora | 10 |" in md and "| 1.25 | 1.50 |" in md and "3.0x the throughput" in md
+    assert "| bitfit |" in md and md.count("| lora |") == 1  # the table shows peftedu rows; the CSV has both
+    assert json.loads(paths["json"].read_text())["rows"][0]["method"] == "lora"
+    for key in ("plot_score", "plot_memory", "plot_time"):
+        assert paths[key].stat().st_size > 1000
+
+
+def test_a_mixed_batch_of_eight_adapters_equals_switching_request_by_request():
+    serving = sd.serving_benchmark(SMOKE, n_adapters=8, rows_per_adapter=1, repeats=1)
+    assert serving["requests"] == 8
+    assert serving["max_logit_diff"] < 1e-4
+    assert serving["adapters_differ_by"] > 1e-3  # the adapters really differ, so the check means something
+    assert serving["throughput_ratio"] > 0
