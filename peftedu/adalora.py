@@ -341,9 +341,9 @@ class AdaLoraTuner(Tuner):
                 replace_module(model, name, module)
             module.add(adapter_name, config)
 
-    def forward(self, peft_model, **kwargs):
+    def forward(self, peft_model, *args, **kwargs):
         """The model's output; with labels, ``loss += orth_reg_weight * R(P, Q)`` (peft's AdaLoraModel.forward)."""
-        outputs = peft_model.base_model(**kwargs)
+        outputs = peft_model.base_model(*args, **kwargs)
         if getattr(outputs, "loss", None) is not None:
             adapter_name = peft_model.active_adapter
             weight = peft_model.peft_config[adapter_name].orth_reg_weight

@@ -109,12 +109,14 @@ class PeftModel(nn.Module):
 
     # ------------------------------------------------------------------ running
     def forward(self, *args, adapter_names: list[str] | None = None, **kwargs):
-        if args:
-            kwargs["input_ids"] = args[0]
+        """The wrapped model's forward. Positional arguments go through as they are (a plain ``nn.Module``
+        takes its input that way), except for prompt methods, whose first positional argument is ``input_ids``."""
+        if args and self.tuner.is_prompt_learning:
+            kwargs["input_ids"], args = args[0], args[1:]
         with self._rows(adapter_names):
             if self._adapters_disabled:
-                return self.base_model(**kwargs)
-            return self.tuner.forward(self, **kwargs)
+                return self.base_model(*args, **kwargs)
+            return self.tuner.forward(self, *args, **kwargs)
 
     def generate(self, *args, adapter_names: list[str] | None = None, **kwargs):
         if args:

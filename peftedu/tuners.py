@@ -279,8 +279,8 @@ class Tuner:
                         out[f"{SAVED_PREFIX}{prefix}.{name}"] = tensor
         return out
 
-    def forward(self, peft_model, **kwargs):
-        return peft_model.base_model(**kwargs)
+    def forward(self, peft_model, *args, **kwargs):
+        return peft_model.base_model(*args, **kwargs)
 
     def generate(self, peft_model, **kwargs):
         return peft_model.base_model.generate(**kwargs)

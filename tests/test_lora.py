@@ -340,3 +340,16 @@ def test_bad_config_values(bad, match):
     settings.update(bad)
     with pytest.raises(ValueError, match=match):
         LoraConfig(**settings)
+
+
+def test_a_plain_module_is_called_with_its_own_positional_input():
+    """As in peft: LoRA on an nn.Sequential, called as model(x), equals the same layers called directly."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(3, 4)
+    wrapped = get_peft_model(copy.deepcopy(net), LoraConfig(r=2, target_modules=["0"]))
+    assert torch.equal(wrapped(x), net(x))  # B = 0: unchanged at the start
+    theirs = peft.get_peft_model(copy.deepcopy(net), peft.LoraConfig(r=2, target_modules=["0"]))
+    assert wrapped(x).shape == theirs(x).shape
