@@ -530,7 +530,7 @@ assert trainable_again.get_nb_trainable_parameters()[0] == p * d and reloaded.ge
 # * TEXT init starts from a hard prompt; RANDOM init starts far away from every real token and, with the same
 #   learning rate and steps, ends with a higher training loss.
 # * The trained soft prompt beats the hand-written hard prompts of section 1 on this task, with a few
-#   thousand parameters; its vectors no longer correspond to any token.
+#   thousand parameters; its vectors have moved off the token rows they started from.
 # * The file is one `(p, d)` tensor, loadable by peft and trainable again in `peftedu`.
 #
 # ## Interview corner
@@ -544,10 +544,11 @@ assert trainable_again.get_nb_trainable_parameters()[0] == p * d and reloaded.ge
 # search. A soft prompt lives in the continuous embedding space, need not be any token, and is found by
 # gradient descent on task data. A TEXT-initialised soft prompt starts as a hard prompt.
 #
-# **Q: Why does prompt tuning need such a high learning rate?**
-# Only `p` vectors are trained and their gradient arrives through the whole frozen network, diluted by
-# attention; Lester et al. used a learning rate of 0.3 (Adafactor). LoRA-like learning rates barely move the
-# prompt.
+# **Q: Why does prompt tuning use such a high learning rate?**
+# To change the model's behaviour the prompt vectors must move a distance comparable to the length of a token
+# row, and an Adam-type optimiser moves each coordinate by about `lr` per step, so the relative step is
+# `lr * sqrt(d) / |row|` (section 6). A LoRA-sized learning rate makes that step tiny. Lester et al. used 0.3
+# (Adafactor); this notebook uses 3e-2 with AdamW.
 #
 # **Q: What are the costs at inference time?**
 # The prompt occupies `p` positions of the context window and adds `p` tokens of compute to every request;

@@ -1,0 +1,651 @@
+# %% [markdown]
+# # 09 · AdaLoRA: adaptive low-rank adaptation (自适应低秩适配)
+#
+# LoRA gives every wrapped matrix the same rank r. AdaLoRA starts every matrix at a larger rank and, while it
+# trains, takes rank away from the matrices where it matters least, until an overall **budget** (预算) is met.
+#
+# **What you will learn in this notebook**
+#
+# * why AdaLoRA writes the update in **SVD form** (奇异值分解形式) `ΔW = P Λ Q`, so that removing one rank is
+#   zeroing one number;
+# * the SVD-form layer from scratch on a real layer of SmolLM2, equal to `peftedu`'s and HF `peft`'s layer;
+# * the **orthogonality regulariser** (正交正则) that keeps `P` and `Q` close to orthonormal, and why it matters;
+# * the **importance score** (重要性评分) of each triplet — smoothed sensitivity × uncertainty — computed by hand,
+#   and the allocator of `peftedu` and of HF `peft` agreeing step for step;
+# * the **cubic budget schedule** (`tinit`, `tfinal`, `deltaT`) computed by hand and by both libraries;
+# * training AdaLoRA on the `topic` task, the rank each layer ended with, saving only the kept triplets, and
+#   loading the file with HF `peft`.
+#
+# Reference: Zhang et al. 2023, *Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning* (ICLR 2023),
+# arXiv:2303.10512. The module is `peftedu/adalora.py`.
+
+# %%
+%matplotlib inline
+import copy
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # peft imports bitsandbytes; its CPU-kernel notice is noise here
+import peft
+import torch
+import transformers
+from safetensors.torch import load_file
+from torch import nn
+
+import peftedu
+from peftedu import AdaLoraConfig, LoraConfig, PeftModel, cmp, get_peft_model
+from peftedu.adalora import RankAllocator, SVDLinear, orthogonal_regularization, svd_layers
+from peftedu.data import build_prompt, collate_for_generation, load_task
+from peftedu.models import build_from_config, load_base
+from peftedu.training import evaluate, generate_answers, get_profile, plot_history, set_seed, train
+
+transformers.utils.logging.disable_progress_bar()
+warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+set_seed(0)
+profile = get_profile()  # PEFTEDU_PROFILE: "quick" (CPU, default) or "full" (GPU)
+print("peftedu", peftedu.__version__, "| peft", peft.__version__, "| profile:", profile.name)
+
+# %% [markdown]
+# ## 1. The intuition: an update made of rank-one triplets
+#
+# Any matrix can be written as a sum of rank-one terms. AdaLoRA parametrises the update of a weight
+# `W` (out × in) directly in that form,
+#
+# $$\Delta W = P\,\Lambda\,Q = \sum_{i=1}^{r} \lambda_i\, P_{:,i}\, Q_{i,:},$$
+#
+# with `P` (out × r) the *left singular vectors*, `Λ = diag(λ₁ … λ_r)` the *singular values* (奇异值) and `Q`
+# (r × in) the *right singular vectors*. One `(P_{:,i}, λ_i, Q_{i,:})` is a **triplet** (三元组). Setting
+# `λ_i = 0` removes exactly one rank-one term — the rank drops by one — while `P` and `Q` are kept, so the
+# triplet can come back later. No SVD is ever *computed*: `P`, `Λ`, `Q` are trained like LoRA's `A` and `B`.
+# The λ's are the true singular values of `ΔW` only when `P` has orthonormal columns and `Q` orthonormal rows;
+# a toy example shows both facts.
+
+# %%
+g = torch.Generator().manual_seed(0)
+toy_out, toy_in, toy_r = 6, 5, 4
+P_orth = torch.linalg.qr(torch.randn(toy_out, toy_r, generator=g))[0]      # orthonormal columns
+Q_orth = torch.linalg.qr(torch.randn(toy_in, toy_r, generator=g))[0].T     # orthonormal rows
+lam = torch.tensor([3.0, 2.0, 1.0, 0.5])
+delta_w = P_orth @ torch.diag(lam) @ Q_orth
+assert delta_w.shape == (toy_out, toy_in)
+_ = cmp("singular values of P Λ Q vs λ (orthonormal)", torch.linalg.svdvals(delta_w)[:toy_r], lam)
+lam_masked = lam * torch.tensor([1.0, 1.0, 1.0, 0.0])                      # prune the last triplet
+rank_before = torch.linalg.matrix_rank(delta_w).item()
+rank_after = torch.linalg.matrix_rank(P_orth @ torch.diag(lam_masked) @ Q_orth).item()
+print(f"rank of ΔW: {rank_before} -> {rank_after} after zeroing λ_4")
+assert (rank_before, rank_after) == (4, 3)
+P_skew = P_orth + 0.5 * torch.randn(toy_out, toy_r, generator=g)           # P no longer orthonormal
+svd_skew = torch.linalg.svdvals(P_skew @ torch.diag(lam) @ Q_orth)[:toy_r]
+print("singular values with a non-orthonormal P:", [round(v, 2) for v in svd_skew.tolist()], "≠ λ =", lam.tolist())
+assert (svd_skew - lam).abs().max() > 0.1
+
+fig, ax = plt.subplots(figsize=(6, 3))
+positions = torch.arange(toy_r)
+ax.bar(positions - 0.27, lam, width=0.27, label="λ (set)")
+ax.bar(positions, torch.linalg.svdvals(P_orth @ torch.diag(lam_masked) @ Q_orth)[:toy_r], width=0.27,
+       label="singular values after zeroing λ₄")
+ax.bar(positions + 0.27, svd_skew, width=0.27, label="singular values, P not orthonormal")
+ax.set_xticks(positions, [f"triplet {i + 1}" for i in range(toy_r)])
+ax.set_title("ΔW = P Λ Q: pruning = zeroing one λ")
+ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# ## 2. The SVD-form layer from scratch
+#
+# We take `q_proj` of layer 0 of SmolLM2-135M-Instruct (576 → 576) and real hidden states as its input: the
+# token embeddings of a prompt after the layer's input RMSNorm. peft's naming, kept by `peftedu`:
+# `lora_B` = P (out × r), `lora_E` = Λ (r × 1, a column, not a diagonal matrix), `lora_A` = Q (r × in).
+#
+# **Initialisation** (peft): `P` and `Q` ~ normal(0, 0.02), `Λ = 0`, so the layer starts equal to the base layer.
+# **Scale**: `lora_alpha / ranknum` where `ranknum` is the *initial* rank `init_r` — it does not change when
+# triplets are pruned.
+
+# %%
+model, tokenizer = load_base()
+layer0 = model.model.layers[0]
+q_proj = layer0.self_attn.q_proj
+W = q_proj.weight.detach()                                   # (out, in)
+out_features, in_features = W.shape
+with torch.no_grad():
+    batch = tokenizer(build_prompt(tokenizer, "Which topic is this sentence about?", "The striker scored twice."),
+                      return_tensors="pt")
+    x = layer0.input_layernorm(model.model.embed_tokens(batch["input_ids"]))  # (1, seq, in)
+init_r, lora_alpha = 12, 8                                   # peft's defaults: init_r=12, lora_alpha=8
+P = torch.randn(out_features, init_r, generator=g) * 0.02    # left singular vectors  (lora_B)
+Lam = torch.zeros(init_r, 1)                                 # singular values        (lora_E)
+Q = torch.randn(init_r, in_features, generator=g) * 0.02     # right singular vectors (lora_A)
+print("W:", tuple(W.shape), "| x:", tuple(x.shape), "| P:", tuple(P.shape), "| Λ:", tuple(Lam.shape),
+      "| Q:", tuple(Q.shape))
+assert P.shape == (out_features, init_r) and Q.shape == (init_r, in_features) and Lam.shape == (init_r, 1)
+
+
+def svd_forward(x, W, P, Lam, Q, lora_alpha, ranknum):
+    """y = x W^T + x (Λ ⊙ Q)^T P^T * lora_alpha / (ranknum + 1e-5); x: (..., in) -> (..., out)."""
+    return x @ W.T + (x @ (Q * Lam).T) @ P.T * lora_alpha / (ranknum + 1e-5)
+
+
+y_base = q_proj(x).detach()
+_ = cmp("Λ = 0: SVD-form layer vs base layer", svd_forward(x, W, P, Lam, Q, lora_alpha, init_r), y_base)
+
+# %% [markdown]
+# To compare implementations the update must be non-zero: we draw random singular values. Then the same
+# `P`, `Λ`, `Q` go into `peftedu.adalora.SVDLinear` and into HF peft's `peft.tuners.adalora.SVDLinear`.
+
+# %%
+Lam_trained = torch.randn(init_r, 1, generator=g)
+y_scratch = svd_forward(x, W, P, Lam_trained, Q, lora_alpha, init_r)
+assert (y_scratch - y_base).abs().max() > 1e-3               # the update really changes the output
+
+ours = SVDLinear(copy.deepcopy(q_proj))
+ours.add("default", AdaLoraConfig(init_r=init_r, lora_alpha=lora_alpha, target_modules=["q_proj"], total_step=12))
+ours.set_adapter(["default"])
+peft_config = peft.AdaLoraConfig(init_r=init_r, lora_alpha=lora_alpha, target_modules=["q_proj"], total_step=12)
+theirs = peft.tuners.adalora.SVDLinear(copy.deepcopy(q_proj), "default", config=peft_config, r=init_r,
+                                        lora_alpha=lora_alpha)
+with torch.no_grad():
+    for layer in (ours, theirs):
+        layer.lora_B["default"].copy_(P)
+        layer.lora_E["default"].copy_(Lam_trained)
+        layer.lora_A["default"].copy_(Q)
+print("ranknum: peftedu", ours.ranknum["default"].item(), "| peft", theirs.ranknum["default"].item())
+_ = cmp("scratch vs peftedu (output)", y_scratch, ours(x))
+_ = cmp("scratch vs peft (output)", y_scratch, theirs(x))
+delta_scratch = P @ (Q * Lam_trained) * lora_alpha / (init_r + 1e-5)
+_ = cmp("ΔW: scratch vs peftedu", delta_scratch, ours.delta_weight("default"))
+_ = cmp("ΔW: scratch vs peft", delta_scratch, theirs.get_delta_weight("default"))
+
+# %% [markdown]
+# **Masking.** Zeroing `k` singular values lowers the rank of `ΔW` by `k` (random `P` and `Q` have full rank),
+# and the output changes by exactly the removed rank-one terms.
+
+# %%
+keep = torch.tensor([True] * 8 + [False] * 4)                # prune the last four triplets
+Lam_masked = Lam_trained * keep[:, None]
+delta_masked = P @ (Q * Lam_masked) * lora_alpha / (init_r + 1e-5)
+rank_full, rank_masked = (torch.linalg.matrix_rank(d).item() for d in (delta_scratch, delta_masked))
+print(f"rank of ΔW: {rank_full} with all {init_r} triplets, {rank_masked} after masking {int((~keep).sum())}")
+assert rank_full == init_r and rank_masked == int(keep.sum())
+removed = sum(Lam_trained[i, 0] * torch.outer(P[:, i], Q[i]) for i in range(init_r) if not keep[i])
+_ = cmp("ΔW - ΔW_masked vs the removed terms", delta_scratch - delta_masked, removed * lora_alpha / (init_r + 1e-5))
+
+# %% [markdown]
+# ## 3. The orthogonality regulariser
+#
+# Section 1 showed that the λ's are singular values only if `P` and `Q` are orthonormal. AdaLoRA adds a
+# penalty that pulls them there. The paper writes `R = ‖PᵀP − I‖²_F + ‖QQᵀ − I‖²_F`; peft — and so `peftedu`,
+# so that the losses match — adds `orth_reg_weight` (0.5) times the **mean over all `P` and `Q`** of the
+# **unsquared** Frobenius norms. We wrap `q_proj` and `v_proj` of all 30 layers (the configuration we train
+# later) and compute `R` by hand.
+
+# %%
+adalora_config = AdaLoraConfig(init_r=12, target_r=8, lora_alpha=32, total_step=profile.max_steps, tinit=2, tfinal=2,
+                               deltaT=2, target_modules=["q_proj", "v_proj"])
+peft_model = get_peft_model(model, adalora_config)           # wraps `model` in place
+layers = svd_layers(peft_model, "default")
+eye = torch.eye(adalora_config.init_r)
+norms = []
+for layer in layers.values():
+    P_l, Q_l = layer.lora_B["default"], layer.lora_A["default"]
+    norms += [torch.linalg.norm(P_l.T @ P_l - eye), torch.linalg.norm(Q_l @ Q_l.T - eye)]
+R_by_hand = torch.stack(norms).mean()
+print(f"{len(layers)} SVD layers, {len(norms)} norms; R at initialisation = {R_by_hand:.3f}")
+assert len(layers) == 60 and len(norms) == 120
+_ = cmp("R: by hand vs peftedu", R_by_hand, orthogonal_regularization(peft_model, "default"))
+
+# %% [markdown]
+# At initialisation `P` and `Q` are far from orthonormal: a column of `P` has squared length about
+# 576 × 0.02² ≈ 0.23, not 1, so `PᵀP ≈ 0.23·I`. The regulariser first *grows* `P` and `Q`. It is part of the
+# training loss: with labels, the model returns cross-entropy + 0.5 · R. At initialisation Λ = 0, so the
+# cross-entropy is the base model's.
+
+# %%
+train_rows = load_task("topic", "train")
+probe_batch = collate_for_generation(tokenizer, [build_prompt(tokenizer, r["instruction"], r["input"])
+                                                 for r in train_rows.select(range(2))])
+labels = probe_batch["input_ids"].masked_fill(probe_batch["attention_mask"] == 0, -100)
+with torch.no_grad():
+    adalora_loss = peft_model(**probe_batch, labels=labels).loss
+    with peft_model.disable_adapter():
+        base_loss = peft_model(**probe_batch, labels=labels).loss
+print(f"loss with AdaLoRA {adalora_loss:.4f} = base cross-entropy {base_loss:.4f} + 0.5 x R {0.5 * R_by_hand:.4f}")
+_ = cmp("loss vs CE + 0.5 R", adalora_loss, base_loss + adalora_config.orth_reg_weight * R_by_hand)
+
+# %% [markdown]
+# ## 4. Importance: which triplets to keep
+#
+# AdaLoRA does **not** rank triplets by the size of their singular value. After every optimizer step it scores
+# every entry `w` of `P`, `Λ`, `Q` with the gradient it just used:
+#
+# * sensitivity (敏感度) `I = |w · ∂L/∂w|` — how much the loss would change if `w` were set to 0;
+# * its exponential moving average `Ī(t) = β₁ Ī(t−1) + (1 − β₁) I(t)`;
+# * its uncertainty (不确定性) `Ū(t) = β₂ Ū(t−1) + (1 − β₂) |I(t) − Ī(t)|`;
+# * the score `s(w) = Ī(t) · Ū(t)` (β₁ = β₂ = 0.85).
+#
+# A triplet's score is `S_i = s(λ_i) + mean_j s(Q_ij) + mean_k s(P_ki)`. When a budget applies, every triplet
+# scoring at or below the `(b₀ − b)`-th smallest score (over *all* layers) gets `λ_i = 0`.
+#
+# We run this on a small, controlled model so every step is visible: `q_proj` and `v_proj` of layer 0 in a row
+# (576 → 576 → 192, real weights), AdaLoRA with `init_r = 6` on both (budget 12 → target 2 per layer = 4),
+# the loss `⟨y, d⟩` with a new random direction `d` at each step, plain SGD, 10 steps (`tinit = tfinal = deltaT = 2`) — in `peftedu` and in HF `peft`, with peft fed
+# exactly our gradients.
+
+# %%
+pair = nn.Sequential(copy.deepcopy(q_proj), copy.deepcopy(layer0.self_attn.v_proj.base_layer))  # plain nn.Linear's
+toy = dict(init_r=6, target_r=2, lora_alpha=8, total_step=10, tinit=2, tfinal=2, deltaT=2, target_modules=["0", "1"])
+ours_pair = get_peft_model(copy.deepcopy(pair), AdaLoraConfig(**toy))
+theirs_pair = peft.get_peft_model(copy.deepcopy(pair), peft.AdaLoraConfig(**toy))
+ours_tensors = ours_pair.tuner.named_adapter_tensors(ours_pair, "default")
+theirs_tensors = {n.replace(".default", ""): p for n, p in theirs_pair.named_parameters() if p.requires_grad}
+assert ours_tensors.keys() == theirs_tensors.keys()
+with torch.no_grad():                                        # non-zero singular values, so gradients reach P and Q
+    for key, tensor in ours_tensors.items():
+        if key.endswith("lora_E"):
+            tensor.copy_(torch.randn(tensor.shape, generator=g))
+        theirs_tensors[key].copy_(tensor)
+print(sorted(ours_tensors)[:3], "...")
+
+# %%
+opt_ours = torch.optim.SGD(ours_tensors.values(), lr=0.1)
+opt_theirs = torch.optim.SGD(theirs_tensors.values(), lr=0.1)
+toy_budgets, toy_kept = [], []
+for step in range(1, toy["total_step"] + 1):
+    direction = torch.randn(1, x.shape[1], 192, generator=g) / (x.shape[1] * 192) ** 0.5  # loss = <y, direction>
+    (ours_pair.base_model(x) * direction).sum().backward()
+    grads = {key: t.grad.clone() for key, t in ours_tensors.items()}
+    for key, tensor in ours_tensors.items():                 # peft gets exactly our gradients
+        theirs_tensors[key].grad = grads[key].clone()
+    opt_ours.step()
+    opt_theirs.step()
+    toy_budgets.append(ours_pair.update_and_allocate(step))
+    theirs_pair.base_model.update_and_allocate(step)
+    assert toy_budgets[-1] == theirs_pair.base_model.rankallocator.budget_schedule(step)[0]
+    if step == 1:                                            # the score of each triplet of layer "0", by hand
+        beta1, beta2 = ours_pair.peft_config["default"].beta1, ours_pair.peft_config["default"].beta2
+        score = {}
+        for attr in ("lora_A", "lora_E", "lora_B"):
+            key = f"base_model.model.0.{attr}"
+            sensitivity = (ours_tensors[key] * grads[key]).abs()
+            smoothed = (1 - beta1) * sensitivity                   # Ī(1), from Ī(0) = 0
+            uncertainty = (1 - beta2) * (sensitivity - smoothed).abs()
+            score[attr] = smoothed * uncertainty
+        S_by_hand = score["lora_E"].view(-1) + score["lora_A"].mean(dim=1) + score["lora_B"].mean(dim=0)
+        S_peftedu = ours_pair.rankallocator.triplet_scores()["0"]
+        cmp("step 1: S_i by hand vs peftedu", S_by_hand / S_by_hand.max(), S_peftedu / S_by_hand.max())
+    for key, tensor in ours_tensors.items():                 # same values, same zeroed λ's
+        torch.testing.assert_close(tensor, theirs_tensors[key], atol=0, rtol=0)
+    toy_kept.append({name: int(torch.count_nonzero(layer.lora_E["default"])) for name, layer in
+                     svd_layers(ours_pair, "default").items()})
+    opt_ours.zero_grad()
+    opt_theirs.zero_grad()
+    print(f"step {step}: budget {toy_budgets[-1]:>2} | kept triplets per layer {toy_kept[-1]}")
+pattern_ours = ours_pair.peft_config["default"].rank_pattern
+pattern_theirs = {k.replace(".default", ""): v for k, v in theirs_pair.peft_config["default"].rank_pattern.items()}
+print("final rank_pattern:", pattern_ours)
+assert pattern_ours == pattern_theirs and sum(map(sum, pattern_ours.values())) == 4
+_ = cmp("peftedu vs peft after 10 steps (all of P, Λ, Q)", torch.cat([t.flatten() for t in ours_tensors.values()]),
+    torch.cat([theirs_tensors[k].flatten() for k in ours_tensors]))
+
+# %% [markdown]
+# Three things to notice. (1) The score uses the gradient, not `|λ|`: a large singular value with no effect on
+# the loss is pruned. (2) The triplets pruned at one step may get non-zero λ's back from the next optimizer
+# step — pruning is a mask re-applied at each budget step, not a deletion — until `T − tfinal`, where the final
+# `rank_pattern` is fixed. (3) The budget is global: one layer may keep all its triplets while another loses
+# most. (The same comparison runs on a tiny Llama with 14 layers in `tests/test_adalora.py`.)
+#
+# One more subtlety of the real initialisation: with `Λ = 0`, the loss gradient of `P` and `Q` is zero
+# (`ΔW = P Λ Q`), and `Λ`'s sensitivity `|λ · ∂L/∂λ|` is zero too. At the first step the only non-zero
+# scores come from the regulariser's gradient on `P` and `Q` — one reason for the warm-up `tinit`, steps during
+# which scores are collected but nothing is pruned.
+#
+# ## 5. The cubic budget schedule
+#
+# The budget `b(t)` is the number of triplets kept over all layers; `b₀ = init_r × layers`,
+# `b_T = target_r × layers`, `T = total_step`:
+#
+# $$b(t) = \begin{cases} b_0 & t \le t_\text{init} \\
+#   b_T + (b_0 - b_T)\left(1 - \frac{t - t_\text{init}}{T - t_\text{init} - t_\text{final}}\right)^3 & t_\text{init} < t \le T - t_\text{final} \quad(\text{rounded down}) \\
+#   b_T & t > T - t_\text{final} \end{cases}$$
+#
+# Masking happens every `deltaT` steps in the middle phase, at `T − t_final` (where the final pattern is fixed),
+# and at every step after it. For our run on SmolLM2: 60 layers, `b₀ = 720`, `b_T = 480`, `T` = the profile's
+# `max_steps`. By hand, by `peftedu`'s `RankAllocator` and by HF peft's `RankAllocator` (both on the meta
+# device — the schedule needs only the shapes):
+
+# %%
+def budget_by_hand(step, b0, bT, total_step, tinit, tfinal, deltaT):
+    """(budget, mask at this step?) of AdaLoRA's cubic schedule."""
+    if step <= tinit:
+        return b0, False
+    if step > total_step - tfinal:
+        return bT, True
+    remaining = 1 - (step - tinit) / (total_step - tfinal - tinit)
+    return int(bT + (b0 - bT) * remaining ** 3), step % deltaT == 0
+
+
+c = adalora_config
+n_layers = len(layers)
+b0, bT = c.init_r * n_layers, c.target_r * n_layers
+meta_ours = get_peft_model(build_from_config("smollm2-135m"), copy.deepcopy(c))
+meta_theirs = peft.get_peft_model(build_from_config("smollm2-135m"), peft.AdaLoraConfig(
+    init_r=12, target_r=8, lora_alpha=32, total_step=profile.max_steps, tinit=2, tfinal=2, deltaT=2, target_modules=["q_proj", "v_proj"]))
+allocator_ours = RankAllocator(meta_ours, "default")
+allocator_theirs = meta_theirs.base_model.rankallocator
+schedule = []
+print(f"b0 = {b0}, bT = {bT}, T = {c.total_step}, tinit = {c.tinit}, tfinal = {c.tfinal}, deltaT = {c.deltaT}")
+for step in range(1, c.total_step + 1):
+    by_hand = budget_by_hand(step, b0, bT, c.total_step, c.tinit, c.tfinal, c.deltaT)
+    assert by_hand == allocator_ours.budget_schedule(step) == allocator_theirs.budget_schedule(step), step
+    schedule.append(by_hand)
+print("step   " + " ".join(f"{s:>4}" for s in range(1, c.total_step + 1)))
+print("budget " + " ".join(f"{b:>4}" for b, _ in schedule))
+print("mask?  " + " ".join(f"{'yes' if m else '-':>4}" for _, m in schedule))
+assert (allocator_ours.init_budget, allocator_ours.target_budget) == (b0, bT) == (720, 480)
+assert (allocator_theirs.init_bgt, allocator_theirs.target_bgt) == (b0, bT)
+
+# %% [markdown]
+# ## 6. How many parameters?
+#
+# Per wrapped layer AdaLoRA trains `init_r · (in + out + 1)`: LoRA's `r · (in + out)` plus the `r` singular values.
+# With `init_r = 12` on `q_proj` (576 → 576) and `v_proj` (576 → 192) of 30 layers, counted on the meta device:
+
+# %%
+adalora_trainable, adalora_total = meta_ours.get_nb_trainable_parameters()
+lora_r12 = get_peft_model(build_from_config("smollm2-135m"),
+                          LoraConfig(r=12, target_modules=["q_proj", "v_proj"])).get_nb_trainable_parameters()[0]
+expected = 30 * 12 * ((576 + 576 + 1) + (576 + 192 + 1))
+print(f"AdaLoRA init_r=12 on q_proj, v_proj: {adalora_trainable:,} trainable of {adalora_total:,}")
+print(f"LoRA r=12, same targets:             {lora_r12:,}  (AdaLoRA adds {adalora_trainable - lora_r12:,} singular values)")
+assert adalora_trainable == expected == 691_920 and adalora_trainable - lora_r12 == 30 * 2 * 12
+peft_trainable = meta_theirs.get_nb_trainable_parameters()[0]
+print(f"HF peft on the meta device reports {peft_trainable:,}: its 60 `ranknum` scalars become trainable when moved")
+assert peft_trainable - adalora_trainable == n_layers
+
+# %% [markdown]
+# (peft's quirk: `ranknum` — the frozen `init_r` of each layer — is re-wrapped as a trainable parameter when moved
+# to the base model's device, here `meta`; on real weights both libraries report 691,920, see
+# `tests/test_adalora.py`.) The *trained* adapter is smaller: with the target budget of 8 per layer on average,
+# the saved file holds `480` triplets (section 9). What AdaLoRA costs beyond the parameter count: the regulariser
+# term at each step, and the allocator's two moving averages `Ī`, `Ū` — two more tensors the size of the adapter,
+# kept outside the optimizer.
+#
+# ## 7. Training AdaLoRA on `topic`
+#
+# First the base model's score (AdaLoRA starts equal to the base model since Λ = 0). Then we train with
+# lr 5e-3 in the current profile and `lora_alpha = 32` (peft's default is 8): each of the `r` singular values of a
+# layer moves by about the learning rate per Adam step, so in a run of a dozen steps a larger scale α/init_r lets
+# the update grow enough to matter. `total_step` must equal the number of optimizer steps (the profile's
+# `max_steps`), and the training loop calls `update_and_allocate(step)` after each `optimizer.step()`. We wrap that
+# call to record how many triplets are non-zero after each step.
+
+# %%
+with peft_model.disable_adapter():
+    before = evaluate(peft_model, tokenizer, "topic")
+example = before["examples"][0]
+print(f"topic accuracy before: {before['score']:.3f} on {before['n']} test rows")
+print(f"input {example['input']!r} | reference {example['reference']!r} | base model {example['prediction']!r}")
+
+# %%
+kept_per_step, R_per_step = [], []
+
+
+def update_and_allocate_recorded(step, _update=peft_model.update_and_allocate):
+    budget = _update(step)
+    with torch.no_grad():
+        kept_per_step.append(sum(int(torch.count_nonzero(layer.lora_E["default"])) for layer in layers.values()))
+        R_per_step.append(orthogonal_regularization(peft_model, "default").item())
+    return budget
+
+
+peft_model.update_and_allocate = update_and_allocate_recorded   # train() calls model.update_and_allocate(step)
+peft_model.print_trainable_parameters()
+assert peft_model.get_nb_trainable_parameters()[0] == 691_920
+history = train(peft_model, tokenizer, train_rows, lr=5e-3, progress=False)
+print(history.summary())
+# the loss of step t was computed with the P, Q of before step t: R after step t - 1
+R_used = [R_by_hand.item()] + R_per_step[:-1]
+cross_entropy = [loss - c.orth_reg_weight * R for loss, R in zip(history.loss, R_used)]
+print("loss per step (CE + 0.5 R):", " ".join(f"{loss:.3f}" for loss in history.loss))
+print("cross-entropy part:        ", " ".join(f"{ce:.3f}" for ce in cross_entropy))
+print("R after each step:         ", " ".join(f"{R:.3f}" for R in R_per_step))
+print("non-zero singular values after each step:", kept_per_step)
+assert len(kept_per_step) == c.total_step and kept_per_step[-1] == bT
+assert cross_entropy[-1] < cross_entropy[0] / 2
+ax = plot_history(history)
+ax.plot(range(1, c.total_step + 1), cross_entropy, marker="s", markersize=3, color="tab:green",
+        label="cross-entropy part")
+ax.legend(loc="upper right", fontsize=8)
+plt.show()
+
+# %% [markdown]
+# The loss the loop reports includes `0.5 · R`; subtracting it leaves the cross-entropy, which is what the task
+# learned. The regulariser pulls `P` and `Q` towards orthonormal columns and rows step after step. The number of
+# non-zero singular values follows the schedule: at the masking steps it equals the budget; between them, the
+# optimizer step gives pruned triplets their λ back (AdamW's momentum keeps moving them) until the next mask.
+
+# %%
+after = evaluate(peft_model, tokenizer, "topic")
+example_after = after["examples"][0]
+print(f"topic accuracy: before {before['score']:.3f} -> after {after['score']:.3f} ({after['n']} test rows)")
+for b, a in list(zip(before["examples"], after["examples"]))[:3]:
+    print(f"- {b['input']}\n    reference {b['reference']!r}   before {b['prediction']!r}   after {a['prediction']!r}")
+assert after["score"] > before["score"]
+
+# %% [markdown]
+# ## 8. The schedule, measured, and the rank each layer ended with
+#
+# Left: the budget of section 5 and the non-zero singular values counted after each step of the run. Right: the
+# final `rank_pattern` — how many of its 12 triplets each `q_proj` and `v_proj` kept — checked against the
+# non-zero λ's in the model.
+
+# %%
+pattern = peft_model.peft_config["default"].rank_pattern
+final_rank = {name: int(torch.count_nonzero(layer.lora_E["default"])) for name, layer in layers.items()}
+assert all(final_rank[name] == sum(pattern[f"{name}.lora_E"]) for name in layers)
+assert sum(final_rank.values()) == bT
+q_ranks = [final_rank[f"model.layers.{i}.self_attn.q_proj"] for i in range(30)]
+v_ranks = [final_rank[f"model.layers.{i}.self_attn.v_proj"] for i in range(30)]
+
+fig, (ax_budget, ax_rank) = plt.subplots(1, 2, figsize=(12, 3.5))
+steps = range(1, c.total_step + 1)
+ax_budget.plot(steps, [b for b, _ in schedule], marker="o", label="budget b(t) (schedule)")
+ax_budget.plot(steps, kept_per_step, marker="x", linestyle=":", label="non-zero λ after step t (measured)")
+for step, (_, mask) in zip(steps, schedule):
+    if mask:
+        ax_budget.axvline(step, color="gray", alpha=0.2)
+ax_budget.axvspan(0.5, c.tinit + 0.5, color="tab:green", alpha=0.1, label="tinit (warm-up)")
+ax_budget.axvspan(c.total_step - c.tfinal + 0.5, c.total_step + 0.5, color="tab:red", alpha=0.1, label="tfinal")
+ax_budget.set_xlabel("optimizer step"); ax_budget.set_ylabel("triplets"); ax_budget.legend(fontsize=7)
+ax_budget.set_title("cubic budget schedule (grey: masking steps)")
+ax_rank.bar([i - 0.2 for i in range(30)], q_ranks, width=0.4, label="q_proj")
+ax_rank.bar([i + 0.2 for i in range(30)], v_ranks, width=0.4, label="v_proj")
+ax_rank.axhline(c.target_r, color="black", linestyle="--", label=f"target_r = {c.target_r} (average)")
+ax_rank.set_xlabel("layer"); ax_rank.set_ylabel("kept triplets (rank)"); ax_rank.legend(fontsize=7)
+ax_rank.set_title("final rank per layer, after training")
+plt.show()
+print(f"q_proj: mean rank {sum(q_ranks) / 30:.2f} (min {min(q_ranks)}, max {max(q_ranks)}) | "
+      f"v_proj: mean rank {sum(v_ranks) / 30:.2f} (min {min(v_ranks)}, max {max(v_ranks)})")
+print(f"layers 0-14: {sum(q_ranks[:15]) + sum(v_ranks[:15])} triplets | layers 15-29: "
+      f"{sum(q_ranks[15:]) + sum(v_ranks[15:])} triplets")
+assert sum(q_ranks) + sum(v_ranks) == bT and len(set(q_ranks + v_ranks)) > 1  # ranks differ between layers
+
+# %% [markdown]
+# ## 9. Saving only the kept triplets, and loading with HF `peft`
+#
+# `save_pretrained` writes peft's layout. With a `rank_pattern` in the config, each layer's `lora_A`, `lora_E`,
+# `lora_B` are cut down to the kept triplets before saving (peft's `resize_state_dict_by_rank_pattern`), and the
+# pattern goes into `adapter_config.json` so that a loader can shrink each layer to fit. (A layer that kept no
+# triplet is saved with rank 0.) The reloaded model sums over fewer triplets than the trained one — the pruned
+# ones are exact zeros, but the shorter sums round differently — so we compare to it at `atol = 1e-4` on
+# logits of size ~10; HF peft and `peftedu` loading the same file agree to 1e-5.
+
+# %%
+test_rows = load_task("topic", "test").select(range(4))
+test_batch = collate_for_generation(tokenizer, [build_prompt(tokenizer, r["instruction"], r["input"]) for r in test_rows])
+with torch.no_grad():
+    trained_logits = peft_model(**test_batch).logits
+save_dir = Path(tempfile.mkdtemp()) / "adalora-topic"
+peft_model.save_pretrained(save_dir)
+saved = load_file(str(save_dir / "adapter_model.safetensors"))
+saved_config = json.loads((save_dir / "adapter_config.json").read_text())
+print(sorted(os.listdir(save_dir)))
+for key in sorted(saved)[:3]:
+    print(f"  {key}: {tuple(saved[key].shape)}")
+saved_numel = sum(t.numel() for t in saved.values())
+expected_numel = sum(final_rank[name] * (layer.in_features + layer.out_features + 1) for name, layer in layers.items())
+print(f"{len(saved)} tensors, {saved_numel:,} numbers saved (of {peft_model.get_nb_trainable_parameters()[0]:,} "
+      f"trained); rank_pattern for {len(saved_config['rank_pattern'])} layers in adapter_config.json")
+assert saved_numel == expected_numel and saved_config["peft_type"] == "ADALORA"
+
+# %%
+fresh, _ = load_base()
+reloaded = PeftModel.from_pretrained(fresh, save_dir)
+with torch.no_grad():
+    reloaded_logits = reloaded(**test_batch).logits
+_ = cmp("reloaded (peftedu) vs trained", reloaded_logits, trained_logits, atol=1e-4)
+print("ranks after loading (first 4 layers):",
+      [layer.lora_A["default"].shape[0] for layer in list(svd_layers(reloaded, "default").values())[:4]])
+fresh = reloaded.unload()                                    # the plain base model again
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")                          # peft warns about layers loaded at other ranks
+    reloaded_by_peft = peft.PeftModel.from_pretrained(fresh, save_dir).eval()
+with torch.no_grad():
+    peft_logits = reloaded_by_peft(**test_batch).logits
+_ = cmp("reloaded (HF peft) vs trained", peft_logits, trained_logits, atol=1e-4)
+_ = cmp("reloaded: HF peft vs peftedu", peft_logits, reloaded_logits)
+peft_numel = sum(p.numel() for n, p in reloaded_by_peft.named_parameters() if "lora_" in n)
+print(f"HF peft holds {peft_numel:,} adapter numbers after loading")
+assert peft_numel == saved_numel
+del reloaded, reloaded_by_peft, fresh
+
+# %% [markdown]
+# ## 10. Merging
+#
+# Like LoRA, AdaLoRA merges into the weights: `W ← W + P (Λ ⊙ Q) · α/init_r`, so inference costs nothing extra
+# (source 003's table says "zero, mergeable" — true). Pruned triplets have `λ = 0` and add nothing.
+
+# %%
+with torch.no_grad():
+    peft_model.merge_adapter()
+    merged_logits = peft_model(**test_batch).logits
+    peft_model.unmerge_adapter()
+    unmerged_logits = peft_model(**test_batch).logits
+_ = cmp("merged vs unmerged logits", merged_logits, trained_logits, atol=1e-4)
+_ = cmp("after unmerge vs before merge", unmerged_logits, trained_logits, atol=1e-4)
+
+# %% [markdown]
+# ## What the source tutorials say, checked
+#
+# * Source 003 describes AdaLoRA as `ΔW = P Λ Q` with singular values pruned by importance — right. It says the
+#   importance is "based on the size of the singular values and gradient information": the score is the
+#   **smoothed sensitivity `|w · ∂L/∂w|` times its uncertainty**, over λ *and* the matching column of `P` and row
+#   of `Q` (section 4, equal to both libraries); `|λ|` alone is not the criterion.
+# * "The SVD parametrisation adds overhead": no SVD is ever computed. The extra cost is `r` singular values per
+#   layer (720 here, section 6), the orthogonality term in every loss, and the allocator's two moving averages.
+# * "AdaLoRA automatically finds that attention needs higher ranks and the MLP lower": the paper reports the
+#   opposite tendency on DeBERTa — more budget to the feed-forward matrices and to the top layers. Our run only
+#   wraps `q_proj` and `v_proj`, so it cannot speak to attention vs MLP (exercise 2 does); section 8 shows how
+#   *this* run split its budget between layers, after a dozen steps.
+#
+# ## Summary
+#
+# * AdaLoRA writes each update in SVD form `ΔW = P Λ Q` (peft: `lora_B`, `lora_E`, `lora_A`), scaled by
+#   `lora_alpha / init_r`; `Λ = 0` at the start, so the model starts as the base model.
+# * Pruning a rank = zeroing one singular value; the pair of singular vectors stays, so a triplet can come back
+#   until the final pattern is fixed at `total_step − tfinal`.
+# * An orthogonality penalty (peft: the mean of the unsquared `‖PᵀP − I‖_F`, `‖QQᵀ − I‖_F`, × 0.5) keeps the λ's
+#   meaningful as singular values.
+# * Each triplet is scored by smoothed sensitivity × uncertainty (EMA with β₁ = β₂ = 0.85); every `deltaT` steps
+#   the lowest-scoring triplets over all layers are masked to meet a cubic budget schedule from
+#   `init_r × layers` to `target_r × layers`.
+# * `total_step` must be the real number of optimizer steps, and `update_and_allocate(step)` must run after
+#   every `optimizer.step()` (before `zero_grad`, it reads the gradients).
+# * The saved adapter holds only the kept triplets; `peftedu` and HF `peft` load each other's files and give the
+#   same logits. It merges like LoRA.
+#
+# ## Interview corner
+#
+# 1. **Why does AdaLoRA use `P Λ Q` instead of LoRA's `B A`?** To switch off one rank by zeroing one number
+#    without destroying `P` and `Q` (so it is reversible), and to have a per-rank quantity to score. Truncating
+#    `B A` would need an SVD of the product at every budget step.
+# 2. **What is the importance score?** For each entry, `Ī · Ū`: an EMA of the sensitivity `|w · ∂L/∂w|` times an
+#    EMA of its deviation from that average. A triplet sums the score of λ_i with the mean scores of its `P`
+#    column and `Q` row. Not `|λ_i|`.
+# 3. **What do `tinit`, `tfinal`, `deltaT` and `total_step` do?** Warm-up steps at the full budget (scores
+#    collected, nothing pruned); final steps at the target budget with the pattern frozen; masking every
+#    `deltaT` steps in between; `total_step` sets where the cubic curve ends — it must match the real training
+#    length, or pruning stops early or never finishes.
+# 4. **Why is an orthogonality regulariser needed?** Without orthonormal `P` and `Q`, the λ's are not the
+#    singular values of `ΔW`, triplets overlap, and removing one changes the others' contribution; the
+#    regulariser keeps the triplets independent so pruning one removes just its own share.
+# 5. **Does the rank budget save memory during training?** No: all `init_r` triplets are stored and trained
+#    (masked λ's still get gradients), plus two EMA tensors per parameter. The saving is in the final adapter
+#    file and in spending the rank where it matters.
+#
+# ## Exercises
+#
+# 1. Re-run the budget schedule of section 5 with `total_step = 75` (the full profile) and `deltaT = 10`. How
+#    many masking steps are there, and what is the budget at step 20?
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# rows = [budget_by_hand(t, 720, 480, 75, 2, 2, 10) for t in range(1, 76)]
+# print([t for t, (_, mask) in enumerate(rows, start=1) if mask], rows[19])
+# ```
+# The schedule masks at the multiples of 10 in the middle phase and at every step after `T − tfinal = 73`;
+# `update_and_allocate` also fixes the final pattern at step 73 itself, whatever `deltaT` is.
+# </details>
+#
+# 2. Wrap all linear layers (`target_modules="all-linear"`) and train once. Do the MLP matrices (`gate_proj`,
+#    `up_proj`, `down_proj`) keep more or fewer triplets than attention?
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# base, _ = load_base()
+# m = get_peft_model(base, AdaLoraConfig(init_r=12, target_r=8, lora_alpha=32, total_step=profile.max_steps, tinit=2, tfinal=2,
+#                                        deltaT=2, target_modules="all-linear"))
+# train(m, tokenizer, load_task("topic", "train"), lr=5e-3, progress=False)
+# ranks = {}
+# for key, keep in m.peft_config["default"].rank_pattern.items():
+#     kind = key.split(".")[-2]
+#     ranks.setdefault(kind, []).append(sum(keep))
+# print({kind: sum(r) / len(r) for kind, r in ranks.items()})
+# ```
+# </details>
+#
+# 3. Show that a *pruned* triplet still receives a gradient (so it can come back): after training, run one
+#    backward pass and look at `lora_E.grad` at a pruned position.
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# batch = collate_for_generation(tokenizer, [build_prompt(tokenizer, r["instruction"], r["input"]) for r in test_rows])
+# labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+# peft_model(**batch, labels=labels).loss.backward()
+# name, layer = next((n, l) for n, l in layers.items() if not all(pattern[f"{n}.lora_E"]))
+# pruned = ~torch.tensor(pattern[f"{name}.lora_E"])
+# print(layer.lora_E["default"].grad[pruned].abs())   # non-zero: P and Q still carry signal
+# peft_model.zero_grad()
+# ```
+# </details>
+#
+# 4. Compute the paper's *squared* regulariser `‖PᵀP − I‖²_F + ‖QQᵀ − I‖²_F` summed over layers for the trained
+#    model, and compare it with peft's mean of unsquared norms.
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# eye = torch.eye(12)
+# squared = sum(torch.linalg.norm(l.lora_B["default"].T @ l.lora_B["default"] - eye) ** 2
+#               + torch.linalg.norm(l.lora_A["default"] @ l.lora_A["default"].T - eye) ** 2 for l in layers.values())
+# print(squared.item(), orthogonal_regularization(peft_model, "default").item())
+# ```
+# </details>

@@ -1,0 +1,298 @@
+# %% [markdown]
+# # 13 · Interview preparation (面试准备)
+#
+# PEFT questions come up in almost every interview for LLM engineering roles, in English or in Chinese. This
+# notebook is a question bank over the whole series, from the basics to the questions that separate someone who has
+# read about a method from someone who has built it.
+#
+# **What you will find here**
+#
+# * a bank of questions in three levels — basic (基础), intermediate (进阶), deep (深入) — across every method of the
+#   course: BitFit, prompt tuning, P-tuning and P-tuning v2, prefix tuning, adapters, LLaMA-Adapter, LoRA, rsLoRA,
+#   LoRA+, QLoRA (NF4, double quantization, paged optimizers), DoRA, AdaLoRA, IA3, merging, serving many adapters
+#   and the memory arithmetic behind all of them;
+# * with each answer, the notebook and section that **demonstrate** it, and the Chinese terms an interviewer may use;
+# * every number an answer states, **computed in this notebook** with `peftedu` (on the meta device: no weights, no
+#   download, no training) and asserted;
+# * a self-check widget for the multiple-choice items.
+#
+# The bank itself lives in `peftedu/interview.py` (plain data plus a few functions, unit-tested in
+# `tests/test_interview.py`), so the questions, the widget and this notebook cannot drift apart.
+
+# %%
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import torch
+import transformers
+from IPython.display import Markdown, display
+
+import peftedu
+from peftedu import IA3Config, LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
+from peftedu import quant as Q
+from peftedu.accounting import (LLAMA_SHAPES, activation_memory_gb, count_parameters, estimate_training_memory,
+                                memory_table, method_memory, nf4_bits_per_param)
+from peftedu.explorers import lora_parameter_count
+from peftedu.interview import (GLOSSARY, LEVELS, QUESTIONS, TOPICS, SelfCheck, check_answer, get_question,
+                               pick_questions, select_questions, self_check_widget, to_markdown, validate_bank)
+from peftedu.models import build_from_config
+
+transformers.utils.logging.disable_progress_bar()
+warnings.filterwarnings("ignore", category=FutureWarning)
+torch.manual_seed(0)
+
+by_level = Counter(LEVELS[q.level] for q in QUESTIONS)
+print(f"{len(QUESTIONS)} questions, {len(select_questions(multiple_choice=True))} of them multiple-choice, "
+      f"over {len({q.topic for q in QUESTIONS})} topics")
+print("by level:", dict(by_level))
+assert len(QUESTIONS) >= 30 and set(by_level) == set(LEVELS.values())
+# every cited section exists in its notebook's source (where that source exists), every fact is in its answer
+sources = next((p for p in (Path("src"), Path("notebooks/src")) if p.is_dir()), None)
+assert validate_bank(QUESTIONS, notebooks_src=sources) == []
+
+
+def fact(question_id, name):
+    """A number as the answer of `question_id` states it."""
+    return get_question(question_id).facts[name]
+
+# %% [markdown]
+# ## 1. How to use this notebook
+#
+# Read a question, answer it **aloud** (an interview is spoken), then open the collapsed answer. The "See:" line
+# names the notebook and section where the claim is built and checked — if your answer was vague, that is where to
+# go. The levels are cumulative: a deep question assumes the basic ones.
+#
+# The glossary lists the Chinese terms used in the bank, with their English equivalents (interviewers in China
+# often mix both: "LoRA 的秩怎么选?", "QLoRA 的双重量化省了多少显存?").
+
+# %%
+glossary_rows = ["| 中文 | English |", "| --- | --- |"] + [f"| {zh} | {en} |" for zh, en in GLOSSARY.items()]
+display(Markdown("\n".join(glossary_rows)))
+used_terms = {term for q in QUESTIONS for term in q.terms}
+print(f"{len(GLOSSARY)} terms, {len(used_terms)} of them used by the questions")
+assert used_terms <= set(GLOSSARY)
+
+# %% [markdown]
+# ## 2. Basic questions (基础)
+
+# %%
+basic = select_questions(level=1)
+display(Markdown(to_markdown(basic)))
+
+# %% [markdown]
+# ### 2.1 The numbers in the basic answers, computed
+#
+# bloom-1b4-zh (the source tutorials' model) and SmolLM2-135M (the course model) are built on the **meta device**:
+# every tensor has its shape but no storage, so counting a 1.3B-parameter model costs nothing.
+
+# %%
+bloom = build_from_config("bloom-1b4-zh")
+bloom_total = count_parameters(bloom)[1]
+full = estimate_training_memory(bloom_total)  # fp32 weights, fp32 gradients, AdamW
+print(f"bloom-1b4-zh: {bloom_total:,} parameters; full fine-tuning in fp32: {full.bytes_per_param:g} bytes/param, "
+      f"{full.total_gb:.1f} GB before activations")
+assert f"{full.total_gb:.1f} GB" == fact("why-peft", "full_fp32_gb")
+assert f"{full.bytes_per_param:g} bytes" == fact("bytes-per-param", "bytes")
+assert round(bloom_total / 1e9, 1) == 1.3
+
+bias_params = sum(p.numel() for name, p in bloom.named_parameters() if name.endswith("bias"))
+print(f"BitFit on bloom-1b4-zh: {bias_params:,} biases = {100 * bias_params / bloom_total:.4f}% of the parameters")
+assert f"{bias_params:,}" == fact("bitfit", "bias_params")
+assert f"{100 * bias_params / bloom_total:.4f}%" == fact("bitfit", "share")
+
+# %%
+prompt_tuned = get_peft_model(build_from_config("bloom-1b4-zh"), PromptTuningConfig(num_virtual_tokens=8))
+prompt_params = prompt_tuned.get_nb_trainable_parameters()[0]
+print(f"prompt tuning, 8 virtual tokens on bloom-1b4-zh: {prompt_params:,} = 8 x {bloom.config.hidden_size}")
+assert prompt_params == 8 * bloom.config.hidden_size == 8 * 2048
+assert f"{prompt_params:,}" == fact("prompt-tuning", "count")
+
+ia3 = get_peft_model(build_from_config("bloom-1b4-zh"), IA3Config())
+ia3_params = ia3.get_nb_trainable_parameters()[0]
+print(f"IA3 on bloom-1b4-zh (peft's default targets): {ia3_params:,} trainable parameters")
+assert ia3_params == bloom.config.n_layer * (3 * 2048 + 4 * 2048)  # fused qkv output + MLP hidden, 24 layers
+assert f"{ia3_params:,}" == fact("ia3", "count")
+del prompt_tuned, ia3
+
+# %%
+smollm2 = build_from_config("smollm2-135m")
+smollm2_total = count_parameters(smollm2)[1]
+q_out, q_in = smollm2.model.layers[0].self_attn.q_proj.weight.shape
+print(f"SmolLM2 q_proj {q_out} x {q_in}: LoRA r=8 trains {8 * (q_in + q_out):,} numbers instead of {q_in * q_out:,}")
+assert (q_out, q_in) == (576, 576)
+assert f"{8 * (q_in + q_out):,}" == fact("lora-formula", "lora_q") and f"{q_in * q_out:,}" == fact("lora-formula", "full_q")
+
+scale = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj"]).scaling
+print("LoRA scaling with r=16, lora_alpha=32:", scale)
+assert f"{scale:g}" == fact("lora-alpha", "scale")
+
+attention = ["q_proj", "k_proj", "v_proj", "o_proj"]
+adapter = get_peft_model(build_from_config("smollm2-135m"), LoraConfig(r=8, lora_alpha=16, target_modules=attention))
+adapter_params = adapter.get_nb_trainable_parameters()[0]
+print(f"LoRA r=8 on SmolLM2's attention: {adapter_params:,} parameters, "
+      f"{100 * adapter_params / smollm2_total:.2f}% of the base model's {smollm2_total:,}")
+assert adapter_params == lora_parameter_count(smollm2, 8, attention).lora_params
+assert f"{adapter_params:,}" == fact("adapter-size", "adapter_params")
+assert f"{100 * adapter_params / smollm2_total:.2f}%" == fact("adapter-size", "share")
+del adapter
+
+# %% [markdown]
+# ## 3. Intermediate questions (进阶)
+
+# %%
+intermediate = select_questions(level=2)
+display(Markdown(to_markdown(intermediate, numbered_from=len(basic) + 1)))
+
+# %% [markdown]
+# ### 3.1 The numbers in the intermediate answers, computed
+
+# %%
+prefix_counts = {}
+for projection in (False, True):
+    prefixed = get_peft_model(build_from_config("bloom-1b4-zh"),
+                              PrefixTuningConfig(num_virtual_tokens=10, prefix_projection=projection))
+    prefix_counts[projection] = prefixed.get_nb_trainable_parameters()[0]
+    print(f"prefix tuning, 10 tokens on bloom-1b4-zh, prefix_projection={projection}: {prefix_counts[projection]:,}")
+del prefixed
+assert prefix_counts[False] == bloom.config.n_layer * 2 * 10 * bloom.config.hidden_size  # keys and values, every layer
+assert f"{prefix_counts[False]:,}" == fact("soft-prompt-family", "prefix") == fact("reparameterization", "without")
+assert f"{prefix_counts[True]:,}" == fact("reparameterization", "with")
+
+p_tuned = get_peft_model(build_from_config("bloom-1b4-zh"),
+                         PromptEncoderConfig(num_virtual_tokens=10, encoder_hidden_size=1024))
+p_tuning_params = p_tuned.get_nb_trainable_parameters()[0]
+print(f"P-tuning (MLP encoder, width 1024, 10 tokens) on bloom-1b4-zh: {p_tuning_params:,}; "
+      f"the prompt itself: {10 * 2048:,}")
+assert f"{p_tuning_params:,}" == fact("p-tuning", "count")
+del p_tuned
+
+# %%
+rs, plain = (LoraConfig(r=16, lora_alpha=8, use_rslora=flag, target_modules=["q_proj"]).scaling for flag in (True, False))
+print(f"r=16, lora_alpha=8: rsLoRA scaling {rs}, LoRA scaling {plain}")
+assert f"{rs:.1f}" == fact("rslora", "rs") and f"{plain:.1f}" == fact("rslora", "plain")
+
+nf4_bits, dq_bits = nf4_bits_per_param(double_quant=False), nf4_bits_per_param(double_quant=True)
+weight = torch.randn(576, 576, generator=torch.Generator().manual_seed(0))  # a q_proj-sized matrix
+measured = {dq: Q.bits_per_parameter(Q.quantize_nf4(weight, double_quant=dq)) for dq in (False, True)}
+print(f"NF4, blocks of 64: {nf4_bits} bits/param; with double quantization {dq_bits:.4f} (saves {nf4_bits - dq_bits:.3f})")
+print(f"measured on a 576 x 576 matrix: {measured[False]:.4f} and {measured[True]:.4f} bits/param")
+assert f"{nf4_bits:g}" == fact("nf4-bits", "nf4") and f"{dq_bits:.3f}" == fact("nf4-bits", "dq")
+assert f"{nf4_bits - dq_bits:.3f}" == fact("nf4-bits", "saved")
+assert abs(measured[False] - nf4_bits) < 1e-9 and abs(measured[True] - dq_bits) < 1e-3  # + one fp32 offset per tensor
+
+dora = get_peft_model(build_from_config("smollm2-135m"),
+                      LoraConfig(r=8, lora_alpha=16, use_dora=True, target_modules=["q_proj"]))
+dora_extra = dora.get_nb_trainable_parameters()[0] - lora_parameter_count(smollm2, 8, ["q_proj"]).lora_params
+per_layer = dora_extra // smollm2.config.num_hidden_layers
+print(f"DoRA on q_proj adds {dora_extra:,} magnitudes = {per_layer} per layer (q_proj's out features)")
+assert per_layer * smollm2.config.num_hidden_layers == dora_extra and per_layer == q_out
+assert f"{per_layer}" == fact("dora", "m")
+del dora
+
+# %% [markdown]
+# ## 4. Deep questions (深入)
+
+# %%
+deep = select_questions(level=3)
+display(Markdown(to_markdown(deep, numbered_from=len(basic) + len(intermediate) + 1)))
+
+# %% [markdown]
+# ### 4.1 The numbers in the deep answers, computed
+#
+# Models too large to build even on the meta device are counted from their shapes (`LLAMA_SHAPES`, the LLaMA
+# paper's architectures), and their memory estimated with every assumption written out (notebooks 00 and 07).
+
+# %%
+n7 = 7e9
+mixed = estimate_training_memory(n7, weight_bits=16, master_weights=True)  # 16-bit weights+grads, fp32 master, AdamW
+all16 = estimate_training_memory(n7, weight_bits=16, optimizer_state_bits=16)
+print(f"mixed precision: {mixed.bytes_per_param:g} bytes/param; everything 16-bit: {all16.bytes_per_param:g} "
+      f"bytes/param -> 7B: {all16.total_gb:.0f} GB")
+assert f"{mixed.bytes_per_param:g}" == fact("mixed-precision", "mixed")
+assert f"{all16.bytes_per_param:g} bytes/param" == fact("mixed-precision", "all16")
+assert f"{all16.total_gb:.0f} GB" == fact("mixed-precision", "7b")
+nominal = {r["method"]: r for r in memory_table({"7B": n7}, methods=("full-16bit", "full-mixed"))}
+assert round(nominal["full-16bit"]["total_gb"]) == 56 and nominal["full-mixed"]["total_gb"] == mixed.total_gb
+
+# %%
+llama7 = LLAMA_SHAPES["7B"]
+lora7 = llama7.lora_params(64)  # r = 64 on every linear layer of the blocks
+print(f"LLaMA-7B: {llama7.n_params():,} parameters, {llama7.n_layers} layers; LoRA r=64 all-linear: {lora7:,} "
+      f"({100 * lora7 / llama7.n_params():.2f}%)")
+assert llama7.n_layers == 32
+assert f"{lora7:,}" == fact("lora-7b", "lora") and f"{llama7.n_params():,}" == fact("lora-7b", "n")
+assert f"{100 * lora7 / llama7.n_params():.2f}%" == fact("lora-7b", "share")
+
+llama65 = LLAMA_SHAPES["65B"]
+full16_65b = estimate_training_memory(65e9, weight_bits=16)  # 16-bit weights and gradients, fp32 AdamW, no master copy
+activations = activation_memory_gb(llama65, batch_size=1, seq_len=512, checkpointing=True)
+qlora_65b = method_memory("qlora", llama65.n_params(), adapter_params=llama65.lora_params(64),
+                          quantized_params=llama65.linear_params(), activations_gb=activations)
+print(f"65B: 16-bit full fine-tuning {full16_65b.bytes_per_param:g} bytes/param = {full16_65b.total_gb:.0f} GB; "
+      f"QLoRA {qlora_65b.total_gb:.0f} GB (fits 48 GB: {qlora_65b.fits_in(48)})")
+assert full16_65b.bytes_per_param == 12 and f"{full16_65b.total_gb:.0f} GB" == fact("qlora-65b", "full16")
+assert f"{qlora_65b.total_gb:.0f} GB" == fact("qlora-65b", "qlora") and qlora_65b.fits_in(48)
+
+act7 = activation_memory_gb(llama7, batch_size=1, seq_len=512)
+qlora_7b = method_memory("qlora", llama7.n_params(), adapter_params=llama7.lora_params(64),
+                         quantized_params=llama7.linear_params(), activations_gb=act7)
+full_7b = method_memory("full-mixed", llama7.n_params())
+print(f"7B on one 24 GB card: QLoRA {qlora_7b.total_gb:.1f} GB (fits: {qlora_7b.fits_in(24)}); "
+      f"full mixed-precision fine-tuning {full_7b.total_gb:.0f} GB before activations")
+assert qlora_7b.fits_in(int(fact("choose-method", "card").split()[0]))
+assert full_7b.total_gb > int(fact("choose-method", "full").split()[0])
+
+# %% [markdown]
+# ## 5. Self-check
+#
+# The widget draws the multiple-choice questions from the bank: pick a topic and a level, choose an answer, press
+# *Check* (the first answer to each question counts in the score), *Show answer* for the explanation and where to
+# look, *Next* for the next question. Open questions show their answer only. In a static view (e.g. on GitHub)
+# widgets do not render; run the notebook to use it.
+
+# %% tags=["nbval-ignore-output"]
+self_check = self_check_widget()
+assert len(self_check.quiz.pool) == len(QUESTIONS)
+self_check
+
+# %% [markdown]
+# The same logic without the widget — what the widget calls when you press its buttons:
+
+# %%
+quiz = SelfCheck(topic="qlora", multiple_choice=True)
+question = quiz.current
+print(question.question)
+for i, choice in enumerate(question.choices):
+    print(f"  {chr(ord('a') + i)}) {choice}")
+first_try, second_try = quiz.answer(0), quiz.answer(question.correct)
+print(first_try.feedback()[:60], "...")
+print(second_try.feedback()[:60], "...")
+print("score:", quiz.score, "(only the first answer to a question counts)")
+assert not first_try.correct and second_try.correct and quiz.score == "0 / 1 correct"
+assert check_answer("lora-init", "A random, B zero").correct
+
+# %% [markdown]
+# A mock interview: five questions drawn with a seed (change it for another draw), easiest first, without the answers.
+
+# %%
+mock = pick_questions(5, seed=13, max_level=3)
+display(Markdown(to_markdown(mock, answers="hidden")))
+assert [q.level for q in mock] == sorted(q.level for q in mock) and len({q.id for q in mock}) == 5
+
+# %% [markdown]
+# ## Summary
+#
+# * The bank covers every method of the course, from why PEFT exists to the memory arithmetic of QLoRA and the
+#   serving of many adapters, in three levels; the cell at the top prints how many questions each level has.
+# * Every answer names the notebook and section that demonstrate it, and the bank's unit test checks that those
+#   sections exist.
+# * Every number the answers state — 20.8 GB, 16 bytes/param, 544,768 biases (0.0418%), 16,384 prompt parameters,
+#   983,040 and 205,641,728 prefix parameters, 5,267,456 for P-tuning, 344,064 for IA3, 4.5 and 4.127 bits per
+#   NF4 weight, 159,907,840 LoRA parameters on LLaMA-7B, 780 GB and 45 GB for 65B — was computed above from the
+#   architectures and the stated assumptions, and asserted.
+# * The self-check and the mock interview are built from the same data; the widget is a thin layer over
+#   `SelfCheck`, `check_answer` and `pick_questions`.
+#
+# When an interviewer asks a number, give the assumption with it ("16 bytes per parameter, fp32 weights, gradients
+# and AdamW, activations not included"): that, more than the number, is what the question tests.
