@@ -101,7 +101,7 @@ class Settings:
     max_steps: int | None = None  # overrides the profile (smoke)
     eval_rows: int | None = None
     latency_rows: int = 8
-    latency_repeats: int = 5
+    latency_repeats: int = 3
     random_weights: bool = False  # GPU benchmark when the real weights can't be fetched
 
     def to_json(self) -> str:
@@ -241,11 +241,12 @@ def run_one(method_name: str, impl: str, settings: Settings) -> dict:
                     max_steps=settings.max_steps, optimizer=optimizer,
                     lr=None if optimizer is not None else method.lr, seed=settings.seed, progress=False)
     score = evaluate(wrapped, tokenizer, settings.task, profile=profile, rows=settings.eval_rows)
-    retention = evaluate(wrapped, tokenizer, "retention", profile=profile,
-                         rows=settings.eval_rows if settings.eval_rows else "all")
-    unmerged_latency = forward_latency(wrapped, batch, settings.latency_repeats)
+    twin = impl == "peft"  # a peft twin is compared on time, memory and score; forgetting and latency: ours only
+    retention = None if twin else evaluate(wrapped, tokenizer, "retention", profile=profile,
+                                           rows=settings.eval_rows if settings.eval_rows else "all")
+    unmerged_latency = None if twin else forward_latency(wrapped, batch, settings.latency_repeats)
     merged_latency = None
-    if method.mergeable:
+    if method.mergeable and not twin:
         merged = wrapped.merge_and_unload()
         merged_latency = forward_latency(merged, batch, settings.latency_repeats)
     step_s = history.median_step_time_s
@@ -260,8 +261,9 @@ def run_one(method_name: str, impl: str, settings: Settings) -> dict:
         "peak_memory_mb": None if history.peak_memory_bytes is None else history.peak_memory_bytes / 1e6,
         "memory_method": history.peak_memory_method,
         "loss_first": history.loss[0], "loss_last": history.loss[-1],
-        "score": score["score"], "eval_rows": score["n"], "retention": retention["score"],
-        "latency_base_s": base_latency, "latency_unmerged_rel": unmerged_latency / base_latency,
+        "score": score["score"], "eval_rows": score["n"], "retention": None if twin else retention["score"],
+        "latency_base_s": base_latency,
+        "latency_unmerged_rel": None if twin else unmerged_latency / base_latency,
         "latency_merged_rel": None if merged_latency is None else merged_latency / base_latency,
         "mfu": None if peak is None else flops_per_token * tokens_per_step / step_s / peak,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
@@ -425,7 +427,8 @@ def write_results(result: dict, out_dir: Path, stem: str) -> dict[str, Path]:
              f"the same order (seed {s['seed']}); score on the first {base['eval_rows']} test rows. "
              f"Base model: score {base['score']:.2f}, retention {base['retention']:.2f}. "
              "Forgetting = base retention minus retention after training. Latency: one forward pass over "
-             f"{s['latency_rows']} test prompts, relative to the base model in the same process. "
+             f"{s['latency_rows']} test prompts, relative to the base model in the same process "
+             f"({result.get('torch_threads', '?')} torch thread(s)). "
              "Ratios: peftedu ÷ HF peft (same config, same run), for the methods peft has.", "",
              "| " + " | ".join(h for _, h in MD_COLUMNS) + " |", "|" + " --- |" * len(MD_COLUMNS)]
     for row in ours:
@@ -491,14 +494,14 @@ def showdown(settings: Settings, methods: list[str] | None = None, with_peft: bo
     for method_name, impl in bar:
         bar.set_postfix(method=f"{method_name}/{impl}")
         row = run_isolated(method_name, impl, settings) if isolate else run_one(method_name, impl, settings)
-        row["forgetting"] = baseline["retention"] - row["retention"]
+        row["forgetting"] = None if row["retention"] is None else baseline["retention"] - row["retention"]
         rows.append(row)
     compare_with_peft(rows)
     first = rows[0]
     return {"rows": rows, "baseline": baseline, "settings": settings.__dict__,
             "serving": serving_benchmark(settings) if serving else None,
             "model": first["model"], "device": first["device"], "weights": first["weights"],
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
 
 
 def add_arguments(parser) -> None:
