@@ -475,9 +475,29 @@ def write_results(result: dict, out_dir: Path, stem: str) -> dict[str, Path]:
     return paths
 
 
+def _load_log(log: Path | None, settings: Settings) -> list[dict]:
+    """The entries of a run log written with the same settings (others are ignored)."""
+    if log is None or not log.exists():
+        return []
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [e for e in entries if e.get("settings") == settings.__dict__]
+
+
+def _append_log(log: Path | None, entry: dict, settings: Settings) -> None:
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as f:  # one short line per write: safe for several processes sharing the log
+            f.write(json.dumps({**entry, "settings": settings.__dict__}) + "\n")
+
+
 def showdown(settings: Settings, methods: list[str] | None = None, with_peft: bool = True, isolate: bool = True,
-             serving: bool = True, progress: bool = True) -> dict:
-    """Run every method (and its peft twin), return ``{"rows", "baseline", "serving", ...}``."""
+             serving: bool = True, progress: bool = True, log: Path | None = None, run: bool = True) -> dict:
+    """Run every method (and its peft twin), return ``{"rows", "baseline", "serving", ...}``.
+
+    ``log``: a JSON Lines file; each finished run is appended to it, and runs it already holds (with the same
+    settings) are not repeated. Several processes may share it (e.g. ``--methods`` split in two on two cores);
+    a last call with every method then only collects. ``run=False``: collect only, never train.
+    """
     from tqdm.auto import tqdm
 
     methods = methods or list(METHODS)
@@ -488,13 +508,25 @@ def showdown(settings: Settings, methods: list[str] | None = None, with_peft: bo
     if with_peft:  # each peft twin right after its peftedu run, so both see the same machine load
         jobs = [job for m in methods for job in
                 ([(m, "peftedu"), (m, "peft")] if METHODS[m].kind in ("peft", "loraplus") else [(m, "peftedu")])]
-    baseline = baseline_scores(settings)
+    logged = _load_log(log, settings)
+    baseline = next((e["baseline"] for e in logged if "baseline" in e), None)
+    if baseline is None:
+        if not run:
+            raise ValueError(f"The log {log} has no baseline (and no run) with these settings.")
+        baseline = baseline_scores(settings)
+        _append_log(log, {"baseline": baseline}, settings)
+    done = {(e["row"]["method"], e["row"]["impl"]): e["row"] for e in logged if "row" in e}
     rows = []
     bar = tqdm(jobs, desc="showdown", disable=not progress)
     for method_name, impl in bar:
         bar.set_postfix(method=f"{method_name}/{impl}")
-        row = run_isolated(method_name, impl, settings) if isolate else run_one(method_name, impl, settings)
-        row["forgetting"] = None if row["retention"] is None else baseline["retention"] - row["retention"]
+        row = done.get((method_name, impl))
+        if row is None:
+            if not run:
+                raise ValueError(f"The log {log} has no run {method_name}/{impl} with these settings.")
+            row = run_isolated(method_name, impl, settings) if isolate else run_one(method_name, impl, settings)
+            row["forgetting"] = None if row["retention"] is None else baseline["retention"] - row["retention"]
+            _append_log(log, {"row": row}, settings)
         rows.append(row)
     compare_with_peft(rows)
     first = rows[0]
@@ -512,6 +544,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", default="results")
     parser.add_argument("--no-peft", action="store_true", help="skip the HF peft twins")
+    parser.add_argument("--log", default=None,
+                        help="JSON Lines log of finished runs, reused with the same settings (default: OUT/showdown_runs.jsonl)")
+    parser.add_argument("--no-serving", action="store_true", help="skip the many-adapters serving benchmark")
     parser.add_argument("--random-weights", action="store_true", help="build the model from its shipped config")
     parser.add_argument("--smoke", action="store_true",
                         help="seconds: tiny random model, 2 steps, 4 eval rows, in one process (CI)")
@@ -541,7 +576,9 @@ def main(args) -> None:
                             profile=get_profile(args.profile).name, device=args.device,
                             random_weights=args.random_weights)
     command = "python -m peftedu showdown " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["showdown"] else [])
-    result = showdown(settings, methods=args.methods, with_peft=not args.no_peft, isolate=not args.smoke)
+    log = None if args.smoke else Path(args.log or Path(args.out) / "showdown_runs.jsonl")
+    result = showdown(settings, methods=args.methods, with_peft=not args.no_peft, isolate=not args.smoke,
+                      serving=not args.no_serving, log=log)
     result["command"] = command.strip()
     device = result["device"]
     stem = "showdown_smoke" if args.smoke else ("showdown_cpu" if device == "cpu" else

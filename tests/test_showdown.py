@@ -105,3 +105,16 @@ def test_a_mixed_batch_of_eight_adapters_equals_switching_request_by_request():
     assert serving["max_logit_diff"] < 1e-4
     assert serving["adapters_differ_by"] > 1e-3  # the adapters really differ, so the check means something
     assert serving["throughput_ratio"] > 0
+
+
+def test_a_shared_log_skips_finished_runs_and_ignores_other_settings(tmp_path, monkeypatch):
+    log = tmp_path / "runs.jsonl"
+    first = sd.showdown(SMOKE, methods=["ia3"], isolate=False, serving=False, progress=False, log=log)
+    assert [(r["method"], r["impl"]) for r in first["rows"]] == [("ia3", "peftedu"), ("ia3", "peft")]
+    monkeypatch.setattr(sd, "run_one", lambda *a: pytest.fail("a logged run was repeated"))
+    monkeypatch.setattr(sd, "baseline_scores", lambda *a: pytest.fail("the logged baseline was recomputed"))
+    again = sd.showdown(SMOKE, methods=["ia3"], isolate=False, serving=False, progress=False, log=log, run=False)
+    assert again["rows"] == first["rows"] and again["baseline"] == first["baseline"]
+    other = sd.Settings(**{**SMOKE.__dict__, "seed": 1})
+    with pytest.raises(ValueError, match="has no baseline"):
+        sd.showdown(other, methods=["ia3"], isolate=False, serving=False, progress=False, log=log, run=False)
