@@ -231,7 +231,7 @@ assert data["mse"]["nf4"] == min(data["mse"].values())
 # %% [markdown]
 # An explorer over the four layers (a slider picks the layer; in a live notebook the plot redraws):
 
-# %%
+# %% tags=["nbval-ignore-output"]
 widget = Q.nf4_histogram_widget({name.removeprefix("model."): w for name, w in weights.items()})
 display(widget)
 plt.close("all")
