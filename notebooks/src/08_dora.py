@@ -369,8 +369,8 @@ with torch.no_grad():
     merged_logits = peft_model(**test_batch).logits
     peft_model.unmerge_adapter()
     restored_logits = peft_model(**test_batch).logits
-cmp("merged vs unmerged logits", merged_logits, unmerged_logits, atol=1e-4)
-cmp("after unmerge vs before merge", restored_logits, unmerged_logits, atol=1e-4)
+cmp("merged vs unmerged logits", merged_logits, unmerged_logits, atol=5e-4)
+cmp("after unmerge vs before merge", restored_logits, unmerged_logits, atol=5e-4)
 
 # %% [markdown]
 # ## 7. Saving and loading with HF `peft`
