@@ -208,3 +208,14 @@ class BitFitTuner(Tuner):
                 module = BitFitLayer(module)
                 replace_module(model, name, module)
             module.add(adapter_name)
+
+    def after_unload(self, model: nn.Module) -> None:
+        """Declare added biases in a Llama-style config (``attention_bias``, ``mlp_bias``): otherwise
+        ``save_pretrained`` writes them but ``from_pretrained`` builds bias-free layers and drops them."""
+        config = getattr(model, "config", None)
+        for flag, part in (("attention_bias", "self_attn"), ("mlp_bias", "mlp")):
+            if config is None or getattr(config, flag, True):
+                continue
+            if any(f".{part}." in f".{name}." and isinstance(m, nn.Linear) and m.bias is not None
+                   for name, m in model.named_modules()):
+                setattr(config, flag, True)

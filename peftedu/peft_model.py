@@ -227,6 +227,7 @@ class PeftModel(nn.Module):
                 replace_module(model, name, keep)
             elif isinstance(module, AdapterLayer):
                 replace_module(model, name, module.unwrap())
+        self.tuner.after_unload(model)
         return model
 
     # ------------------------------------------------------------------ saving and loading

@@ -279,6 +279,9 @@ class Tuner:
                         out[f"{SAVED_PREFIX}{prefix}.{name}"] = tensor
         return out
 
+    def after_unload(self, model: nn.Module) -> None:
+        """Called by ``unload``/``merge_and_unload`` with the plain model (e.g. to update its config)."""
+
     def forward(self, peft_model, *args, **kwargs):
         return peft_model.base_model(*args, **kwargs)
 

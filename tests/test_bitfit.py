@@ -174,3 +174,25 @@ def test_bf16_base_trains_fp32_biases_and_merges_back_to_bf16(tiny_inputs):
     merged = peft_model.merge_and_unload()
     assert merged.transformer.h[0].self_attention.query_key_value.bias.dtype == torch.bfloat16
     assert _logits(merged, tiny_inputs).dtype == torch.bfloat16
+
+
+def test_merged_bitfit_on_llama_saves_and_reloads_with_its_learned_biases(tmp_path):
+    """Llama's config says it has no biases; merge_and_unload must declare the ones BitFit added."""
+    import transformers
+
+    from conftest import make_tiny_llama
+
+    model = make_tiny_llama()
+    ids = torch.randint(3, 128, (1, 7))
+    wrapped = get_peft_model(model, bitfit.BitFitConfig())
+    with torch.no_grad():
+        for p in wrapped.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))
+        trained = wrapped(input_ids=ids).logits
+    merged = wrapped.merge_and_unload()
+    assert merged.config.attention_bias and merged.config.mlp_bias
+    merged.save_pretrained(tmp_path)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, trained, atol=1e-5, rtol=1e-5)
