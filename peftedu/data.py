@@ -29,6 +29,7 @@ Conventions (the classic silent bugs of causal-LM fine-tuning, each one tested):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -311,15 +312,18 @@ def load_task(name: str, split: str | None = None, *, root: str | Path | None = 
         if not data_files:
             raise FileNotFoundError(f"No files for task {name!r} in {folder}; create them with "
                                     "peftedu.data.write_tasks() (they are deterministic).")
-        dataset = load_dataset("json", data_files=data_files)
+        with quiet_datasets():
+            dataset = load_dataset("json", data_files=data_files)
     elif Path(name).is_dir():
         data_files = _json_files_by_split(Path(name))
         if not data_files:
             raise ValueError(f"Folder {name!r} holds no .json or .jsonl files.")
-        dataset = load_dataset("json", data_files=data_files)
+        with quiet_datasets():
+            dataset = load_dataset("json", data_files=data_files)
     else:
         try:
-            dataset = load_dataset(name)
+            with quiet_datasets():
+                dataset = load_dataset(name)
         except Exception as error:  # offline, misspelt, private...: say what was expected
             raise ValueError(
                 f"Unknown task {name!r}: not one of {TASKS}, not a local folder of JSON files, and "
@@ -383,12 +387,28 @@ def tokenize_example(tokenizer, example: dict, max_length: int = 256) -> dict[st
     }
 
 
+@contextlib.contextmanager
+def quiet_datasets():
+    """No ``datasets`` progress bars inside: they appear only when a result is not cached yet, so a notebook's
+    output would depend on what ran before (nbval compares outputs)."""
+    from datasets.utils import logging as datasets_logging
+
+    was_enabled = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets_logging.enable_progress_bar()
+
+
 def tokenize_dataset(tokenizer, dataset, max_length: int = 256):
     """``tokenize_example`` over a ``datasets.Dataset`` (raw columns removed) or a list of records."""
     if isinstance(dataset, (list, tuple)):
         return [tokenize_example(tokenizer, record, max_length) for record in dataset]
-    return dataset.map(lambda r: tokenize_example(tokenizer, r, max_length),
-                       remove_columns=dataset.column_names, desc="tokenize")
+    with quiet_datasets():
+        return dataset.map(lambda r: tokenize_example(tokenizer, r, max_length),
+                           remove_columns=dataset.column_names, desc="tokenize")
 
 
 # ---------------------------------------------------------------------------------------------
