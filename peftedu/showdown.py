@@ -23,6 +23,7 @@ activations ``2N``; the adapters' own FLOPs are left out), against the device's 
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -550,14 +551,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--random-weights", action="store_true", help="build the model from its shipped config")
     parser.add_argument("--smoke", action="store_true",
                         help="seconds: tiny random model, 2 steps, 4 eval rows, in one process (CI)")
-    parser.add_argument("--worker", nargs=3, default=None, help=argparse_suppress())
-    parser.add_argument("--worker-out", default=None, help=argparse_suppress())
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
+    parser.add_argument("--worker", nargs=3, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
 
 
 def main(args) -> None:
