@@ -227,8 +227,8 @@ def test_merge_and_unload_gives_a_plain_model_that_saves_and_reloads(tiny_inputs
 
 
 # ----------------------------------------------------------------------------- several adapters
-def _two_adapters():
-    model = get_peft_model(make_tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), "first")
+def _two_adapters(dtype: torch.dtype = torch.float32):
+    model = get_peft_model(make_tiny_llama().to(dtype), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), "first")
     model.add_adapter("second", LoraConfig(r=2, lora_alpha=4, target_modules=["up_proj"]))
     randomize_adapters(model)
     return model.eval()
@@ -264,8 +264,10 @@ def test_add_set_delete_and_disable_adapter(tiny_inputs):
         model.delete_adapter("third")
 
 
-def test_mixed_batch_equals_single_adapter_rows(tiny_inputs):
-    model = _two_adapters()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mixed_batch_equals_single_adapter_rows(tiny_inputs, dtype):
+    model = _two_adapters(dtype)  # bf16: a bf16 base with fp32 adapters; each row's update rounded once
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.float32}
     inputs = {k: torch.cat([v, v.flip(0)])[:3] for k, v in tiny_inputs.items()}  # 3 rows
     names = ["first", "__base__", "second"]
     mixed = logits(model, inputs, adapter_names=names)
