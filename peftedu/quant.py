@@ -297,6 +297,28 @@ def bits_per_parameter(state: QuantState4bit, include_code_tables: bool = False)
 
 
 # --------------------------------------------------------------------------- Linear4bit
+class _DequantizedLinear(torch.autograd.Function):
+    """``F.linear(x, W, bias)`` with W dequantized from 4 bits in the forward pass and again in the backward.
+
+    Plain autograd would keep the full-precision W of every layer alive until the backward pass (it needs
+    W for the gradient of x), so a QLoRA step would hold a full 16/32-bit copy of the model and lose the
+    point of 4-bit storage. Dequantizing twice trades a little compute for that memory, as bitsandbytes'
+    ``MatMul4Bit`` does. W is frozen: gradients flow to x (and to the bias if it is trainable).
+    """
+
+    @staticmethod
+    def forward(ctx, x, layer, dtype, bias):
+        ctx.layer, ctx.dtype, ctx.has_bias = layer, dtype, bias is not None
+        return F.linear(x, layer.dequantize().to(dtype), bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        grad_x = grad @ ctx.layer.dequantize().to(ctx.dtype) if ctx.needs_input_grad[0] else None
+        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        return grad_x, None, None, grad_bias
+
+
 class Linear4bit(nn.Module):
     """A frozen linear layer whose weight is stored in 4 bits (NF4 by default).
 
@@ -307,7 +329,8 @@ class Linear4bit(nn.Module):
     (``count_logical_parameters`` does this).
 
     forward: ``F.linear(x, dequantize().to(dt), bias)`` with dt = ``compute_dtype`` or x.dtype;
-    the output has x's dtype. Gradients flow to x; nothing in the layer is trainable.
+    the output has x's dtype. Gradients flow to x; nothing in the layer is trainable. The backward pass
+    dequantizes again rather than keeping the full-precision weight alive (``_DequantizedLinear``).
     Shapes: x (..., in_features) -> (..., out_features). Every forward dequantizes the whole weight:
     4-bit storage saves memory, not time (on a CPU it is slower than a plain nn.Linear).
     """
@@ -355,7 +378,7 @@ class Linear4bit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.compute_dtype or x.dtype
         bias = None if self.bias is None else self.bias.to(dtype)
-        return F.linear(x.to(dtype), self.dequantize().to(dtype), bias).to(x.dtype)
+        return _DequantizedLinear.apply(x.to(dtype), self, dtype, bias).to(x.dtype)
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, *, blocksize: int = 64,

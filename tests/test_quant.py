@@ -179,6 +179,22 @@ def test_linear4bit_gradient_flows_to_input_and_weights_are_frozen():
     assert layer.bias.grad is None
 
 
+def test_linear4bit_keeps_no_full_precision_weight_for_backward():
+    """The 4-bit saving must hold during training: nothing the size of W is saved between forward and backward."""
+    layer = Q.Linear4bit.from_linear(make_linear())
+    saved = []
+    x = torch.randn(3, 96, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        out = layer(x)
+    assert sum(saved) < 96 * 40 / 4, saved  # plain F.linear would save the (40, 96) weight
+    layer.bias.requires_grad_(True)  # a trainable bias still gets its gradient
+    out = layer(x)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    torch.testing.assert_close(layer.bias.grad, grad.sum(0), atol=0, rtol=0)
+    torch.testing.assert_close(x.grad, grad @ layer.dequantize(), atol=0, rtol=0)
+
+
 def test_linear4bit_compute_dtype_and_to_dtype_keep_statistics_fp32():
     layer = Q.Linear4bit.from_linear(make_linear(), compute_dtype=torch.bfloat16)
     x = torch.randn(4, 96)
