@@ -135,16 +135,23 @@ def load_model(settings: Settings):
         torch.manual_seed(settings.seed)
         model = build_from_config(settings.model, device=device, dtype=default_dtype(device))
         vocab = load_model_config(settings.model).vocab_size
-        try:  # the model's own tokenizer (a few MB) when the hub is reachable
-            tokenizer = AutoTokenizer.from_pretrained(MODEL_ALIASES.get(settings.model, settings.model))
-        except OSError:  # offline: the default model's tokenizer, if its ids fit the embedding table
+        named = os.environ.get("PEFTEDU_TOKENIZER")  # a tokenizer folder (or hub id) chosen by the user
+        source = named or MODEL_ALIASES.get(settings.model, settings.model)
+        try:  # the model's own tokenizer (a few MB) when the hub is reachable, or the one named
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError):  # offline: the default model's tokenizer, if its ids fit the embedding table
+            if named:
+                raise ValueError(f"PEFTEDU_TOKENIZER={named!r} could not be loaded: name a folder that holds "
+                                 f"tokenizer.json (or a hub id, when the hub is reachable).") from None
             _, tokenizer = load_base(None, device="cpu")
-            if len(tokenizer) > vocab:
-                raise ValueError(f"{settings.model} has {vocab} embeddings but the only tokenizer available offline "
-                                 f"has {len(tokenizer)} tokens; connect to the hub once to fetch the model's own.")
+            source = "SmolLM2-135M-Instruct (bundled)"
+        if len(tokenizer) > vocab:
+            raise ValueError(f"{settings.model} has {vocab} embeddings but the tokenizer from {source} has "
+                             f"{len(tokenizer)} tokens; set PEFTEDU_TOKENIZER to the model's own tokenizer folder, "
+                             f"or connect to the hub once to fetch it.")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        return model, tokenizer, "random (shipped config; real weights not reachable)"
+        return model, tokenizer, f"random (shipped config; real weights not reachable); tokenizer: {source}"
     model, tokenizer = load_base(settings.model, device=settings.device)
     return model, tokenizer, "pretrained"
 
@@ -241,10 +248,11 @@ def run_one(method_name: str, impl: str, settings: Settings) -> dict:
     history = train(wrapped, tokenizer, load_task(settings.task, "train"), profile=profile,
                     max_steps=settings.max_steps, optimizer=optimizer,
                     lr=None if optimizer is not None else method.lr, seed=settings.seed, progress=False)
-    score = evaluate(wrapped, tokenizer, settings.task, profile=profile, rows=settings.eval_rows)
+    scored = not settings.random_weights  # random weights score nothing: such a run measures cost only
+    score = evaluate(wrapped, tokenizer, settings.task, profile=profile, rows=settings.eval_rows) if scored else None
     twin = impl == "peft"  # a peft twin is compared on time, memory and score; forgetting and latency: ours only
-    retention = None if twin else evaluate(wrapped, tokenizer, "retention", profile=profile,
-                                           rows=settings.eval_rows if settings.eval_rows else "all")
+    retention = None if twin or not scored else evaluate(wrapped, tokenizer, "retention", profile=profile,
+                                                         rows=settings.eval_rows if settings.eval_rows else "all")
     unmerged_latency = None if twin else forward_latency(wrapped, batch, settings.latency_repeats)
     merged_latency = None
     if method.mergeable and not twin:
@@ -262,7 +270,8 @@ def run_one(method_name: str, impl: str, settings: Settings) -> dict:
         "peak_memory_mb": None if history.peak_memory_bytes is None else history.peak_memory_bytes / 1e6,
         "memory_method": history.peak_memory_method,
         "loss_first": history.loss[0], "loss_last": history.loss[-1],
-        "score": score["score"], "eval_rows": score["n"], "retention": None if twin else retention["score"],
+        "score": score and score["score"], "eval_rows": score and score["n"],
+        "retention": retention and retention["score"],
         "latency_base_s": base_latency,
         "latency_unmerged_rel": None if twin else unmerged_latency / base_latency,
         "latency_merged_rel": None if merged_latency is None else merged_latency / base_latency,
@@ -293,6 +302,8 @@ def run_isolated(method_name: str, impl: str, settings: Settings) -> dict:
 def baseline_scores(settings: Settings) -> dict:
     from .training import evaluate, get_profile
 
+    if settings.random_weights:  # nothing to score: the weights were never trained
+        return {"score": None, "retention": None, "eval_rows": 0}
     profile = get_profile(settings.profile)
     model, tokenizer, _ = load_model(settings)
     task = evaluate(model, tokenizer, settings.task, profile=profile, rows=settings.eval_rows)
@@ -425,9 +436,12 @@ def write_results(result: dict, out_dir: Path, stem: str) -> dict[str, Path]:
     lines = [f"# Showdown: {result['model']} on `{s['task']}`, profile `{s['profile']}`, {result['device']}", "",
              f"Produced by `{result['command']}` on {result['date']} ({result['weights']} weights). "
              f"Every method: {ours[0]['steps']} optimizer steps, the same {ours[0]['tokens']:,} training tokens in "
-             f"the same order (seed {s['seed']}); score on the first {base['eval_rows']} test rows. "
-             f"Base model: score {base['score']:.2f}, retention {base['retention']:.2f}. "
-             "Forgetting = base retention minus retention after training. Latency: one forward pass over "
+             f"the same order (seed {s['seed']}); "
+             + (f"score on the first {base['eval_rows']} test rows. Base model: score {base['score']:.2f}, "
+                f"retention {base['retention']:.2f}. Forgetting = base retention minus retention after training. "
+                if base["score"] is not None else
+                "no scores: random weights were never pretrained, so this table measures cost only. ")
+             + "Latency: one forward pass over "
              f"{s['latency_rows']} test prompts, relative to the base model in the same process "
              f"({result.get('torch_threads', '?')} torch thread(s)). "
              "Ratios: peftedu ÷ HF peft (same config, same run), for the methods peft has.", "",
@@ -445,27 +459,30 @@ def write_results(result: dict, out_dir: Path, stem: str) -> dict[str, Path]:
         lines += ["", "Notes: " + "; ".join(f"{m}: {n}" for m, n in notes) + "."]
     paths["md"].write_text("\n".join(lines) + "\n")
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row in ours:
-        ax.scatter(row["trainable"], row["score"], s=30)
-        ax.annotate(row["method"], (row["trainable"], row["score"]), fontsize=8, xytext=(3, 3),
-                    textcoords="offset points")
-    ax.axhline(base["score"], color="grey", ls="--", lw=1, label="base model")
-    ax.set(xscale="log", xlabel="trainable parameters (log)", ylabel=f"score on {s['task']}",
-           title=f"score against trainable parameters ({result['device']})")
-    ax.legend()
-    fig.tight_layout()
-    paths["plot_score"] = out_dir / f"{stem}_score_vs_params.png"
-    fig.savefig(paths["plot_score"], dpi=110)
-    plt.close(fig)
+    scored = [r for r in ours if r["score"] is not None]
+    if scored:  # (a random-weights run has no scores to plot)
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for row in scored:
+            ax.scatter(row["trainable"], row["score"], s=30)
+            ax.annotate(row["method"], (row["trainable"], row["score"]), fontsize=8, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.axhline(base["score"], color="grey", ls="--", lw=1, label="base model")
+        ax.set(xscale="log", xlabel="trainable parameters (log)", ylabel=f"score on {s['task']}",
+               title=f"score against trainable parameters ({result['device']})")
+        ax.legend()
+        fig.tight_layout()
+        paths["plot_score"] = out_dir / f"{stem}_score_vs_params.png"
+        fig.savefig(paths["plot_score"], dpi=110)
+        plt.close(fig)
     for key, column, label in (("plot_memory", "peak_memory_mb", "peak training memory (MB)"),
                                ("plot_time", "time_per_step_s", "seconds per optimizer step")):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         names = [r["method"] for r in ours]
         ax.barh(names, [r[column] or 0 for r in ours], label="peftedu")
-        twins = {r["method"]: r for r in rows if r["impl"] == "peft"}
-        ax.scatter([twins[n][column] if n in twins and twins[n][column] else float("nan") for n in names], names,
-                   color="black", marker="|", s=200, label="HF peft", zorder=3)
+        twins = {r["method"]: r for r in rows if r["impl"] == "peft" and r[column]}
+        if twins:  # (a category axis cannot place an all-NaN series, so a run without twins draws none)
+            ax.scatter([twins[n][column] if n in twins else float("nan") for n in names], names,
+                       color="black", marker="|", s=200, label="HF peft", zorder=3)
         ax.set(xlabel=label, title=f"{label} ({result['device']})")
         ax.invert_yaxis()
         ax.legend()
@@ -541,6 +558,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--methods", nargs="+", default=None, help=f"subset of {list(METHODS)}")
     parser.add_argument("--model", default=None)
     parser.add_argument("--task", default="topic")
+    parser.add_argument("--seed", type=int, default=0, help="the seed of every run (data order, initialisation)")
     parser.add_argument("--profile", default=None)
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", default="results")
@@ -568,7 +586,7 @@ def main(args) -> None:
                             latency_rows=2, latency_repeats=1, device="cpu")
     else:
         settings = Settings(model=args.model or os.environ.get("PEFTEDU_MODEL"), task=args.task,
-                            profile=get_profile(args.profile).name, device=args.device,
+                            profile=get_profile(args.profile).name, device=args.device, seed=args.seed,
                             random_weights=args.random_weights)
     command = "python -m peftedu showdown " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["showdown"] else [])
     log = None if args.smoke else Path(args.log or Path(args.out) / "showdown_runs.jsonl")

@@ -118,3 +118,33 @@ def test_a_shared_log_skips_finished_runs_and_ignores_other_settings(tmp_path, m
     other = sd.Settings(**{**SMOKE.__dict__, "seed": 1})
     with pytest.raises(ValueError, match="has no baseline"):
         sd.showdown(other, methods=["ia3"], isolate=False, serving=False, progress=False, log=log, run=False)
+
+
+def test_random_weights_take_the_named_tokenizer_and_are_never_scored(tmp_path, monkeypatch):
+    """The GPU profile off the hub: a shipped config, random weights, a tokenizer folder; cost only."""
+    from peftedu.models import load_base
+
+    _, tokenizer = load_base(None, device="cpu")
+    tokenizer.save_pretrained(tmp_path / "tok")
+    monkeypatch.setenv("PEFTEDU_TOKENIZER", str(tmp_path / "tok"))
+    settings = sd.Settings(model="smollm2-1.7b", random_weights=True, device="meta")
+    model, loaded, weights = sd.load_model(settings)
+    assert weights.startswith("random") and str(tmp_path / "tok") in weights
+    assert len(loaded) == model.config.vocab_size == 49152
+    assert sd.baseline_scores(settings) == {"score": None, "retention": None, "eval_rows": 0}
+    with pytest.raises(ValueError, match="32000 embeddings but the tokenizer"):  # SmolLM2 ids overflow TinyLlama
+        sd.load_model(sd.Settings(model="tinyllama-1.1b", random_weights=True, device="meta"))
+    monkeypatch.setenv("PEFTEDU_TOKENIZER", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="PEFTEDU_TOKENIZER="):
+        sd.load_model(settings)
+
+
+def test_a_table_without_scores_says_so_and_draws_no_score_plot(tmp_path):
+    rows = [_row("lora", "peftedu", None, 2.0, 300.0), _row("qlora", "peftedu", None, 3.0, 100.0)]
+    result = {"rows": rows, "baseline": {"score": None, "retention": None, "eval_rows": 0},
+              "settings": SMOKE.__dict__, "serving": None, "model": "m", "device": "NVIDIA H100",
+              "weights": "random", "date": "2026-01-01", "command": "c"}
+    paths = sd.write_results(result, tmp_path, "t")
+    md = paths["md"].read_text()
+    assert "no scores: random weights were never pretrained" in md and "| qlora |" in md
+    assert "plot_score" not in paths and paths["plot_memory"].stat().st_size > 1000
