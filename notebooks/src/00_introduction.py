@@ -14,6 +14,7 @@
 # Every number this notebook states is computed in a cell, and the cells `assert` what the prose claims.
 
 # %%
+%matplotlib inline
 import os
 
 import matplotlib.pyplot as plt
@@ -131,9 +132,9 @@ assert round(share, 4) == 0.0418
 #
 # * the middle column is 4 bytes per parameter — gradients plus *one* moment, or the two moments without the
 #   gradients — so weights + "overhead" (42 GB for 7B) does not reach the table's own total (56 GB);
-# * nobody trains with 16-bit AdamW states by default. Standard mixed precision keeps 16-bit weights and
-#   gradients plus an fp32 master copy and fp32 AdamW states: 2 + 2 + 4 + 8 = **16 bytes per parameter**
-#   (the ZeRO paper's accounting), twice the table.
+# * 16-bit AdamW states are not the default recipe (some frameworks offer them, with care about precision).
+#   Standard mixed precision keeps 16-bit weights and gradients plus an fp32 master copy and fp32 AdamW states:
+#   2 + 2 + 4 + 8 = **16 bytes per parameter** (the ZeRO paper's accounting), twice the table.
 
 # %%
 nominal = {"7B": 7e9, "13B": 13e9, "70B": 70e9}

@@ -17,6 +17,7 @@
 # * train a soft prompt on the `topic` task, look at what it learned, generate with it, save and reload it.
 
 # %%
+%matplotlib inline
 import logging
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # silence a CPU-dependent notice at import

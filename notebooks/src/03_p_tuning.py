@@ -18,6 +18,7 @@
 # * explain P-tuning v2 (deep prompts) as prefix tuning without the projection, and count it.
 
 # %%
+%matplotlib inline
 import logging
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # silence a CPU-dependent notice at import

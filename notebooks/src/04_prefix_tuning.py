@@ -18,6 +18,7 @@
 #    tutorial's BLOOM numbers; train a prefix on the bundled task and watch where the attention goes.
 
 # %%
+%matplotlib inline
 import copy
 import inspect
 import math

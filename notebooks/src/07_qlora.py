@@ -16,6 +16,7 @@
 # arXiv:2305.14314. The reference implementation of the 4-bit formats is `bitsandbytes`.
 
 # %%
+%matplotlib inline
 import copy
 import json
 import time

@@ -16,6 +16,7 @@
 # Reference: Liu et al. 2024, *DoRA: Weight-Decomposed Low-Rank Adaptation*, arXiv:2402.09353.
 
 # %%
+%matplotlib inline
 import copy
 import os
 import tempfile

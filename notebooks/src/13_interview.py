@@ -20,6 +20,7 @@
 # `tests/test_interview.py`), so the questions, the widget and this notebook cannot drift apart.
 
 # %%
+%matplotlib inline
 import warnings
 from collections import Counter
 from pathlib import Path

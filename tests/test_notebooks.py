@@ -1,0 +1,65 @@
+"""The committed notebooks, read as files (nbval executes them; these checks are cheap and catch what nbval cannot):
+every notebook of the series exists, in order, built from its current source, with its figures, no errors, and
+the summary / interview corner / exercises every notebook promises."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SERIES = ["00_introduction", "01_bitfit", "02_prompt_tuning", "03_p_tuning", "04_prefix_tuning", "05_adapters",
+          "06_lora", "07_qlora", "08_dora", "09_adalora", "10_ia3", "11_serving", "12_showdown", "13_interview"]
+
+
+def _builder():
+    spec = importlib.util.spec_from_file_location("build_notebooks", ROOT / "scripts" / "build_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _read(name: str):
+    return nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+
+
+def test_the_series_is_complete_and_in_order():
+    assert sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb")) == SERIES
+    assert sorted(p.stem for p in (ROOT / "notebooks" / "src").glob("*.py")) == SERIES
+
+
+@pytest.mark.parametrize("name", SERIES)
+def test_committed_notebook_is_built_from_its_current_source(name):
+    """Edit the source, forget to rebuild: the committed outputs would belong to other code. Cells must match."""
+    expected = _builder().parse((ROOT / "notebooks" / "src" / f"{name}.py").read_text())
+    cells = _read(name).cells
+    assert [(c.cell_type, c.source) for c in cells] == [(c.cell_type, c.source) for c in expected], \
+        f"notebooks/{name}.ipynb is stale: run python scripts/build_notebooks.py {name[:2]}"
+    assert all("slideshow" in c.metadata for c in cells)  # lecturers present them as slides
+
+
+@pytest.mark.parametrize("name", SERIES)
+def test_committed_outputs_have_no_errors_and_every_code_cell_ran(name):
+    code = [c for c in _read(name).cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code), f"{name}: a code cell was never executed"
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors, f"{name}: {[e.ename for e in errors]}"
+
+
+@pytest.mark.parametrize("name", [n for n in SERIES if n != "13_interview"])
+def test_every_notebook_draws_its_figures(name):
+    """Figures are committed as images (a notebook run with MPLBACKEND=Agg and no %matplotlib inline shows none)."""
+    images = [o for c in _read(name).cells if c.cell_type == "code" for o in c.outputs
+              if "data" in o and "image/png" in o["data"]]
+    assert images, f"{name} has no figure in its committed outputs"
+
+
+@pytest.mark.parametrize("name", SERIES)
+def test_every_notebook_ends_with_a_summary_questions_and_exercises(name):
+    text = "\n".join(c.source for c in _read(name).cells if c.cell_type == "markdown")
+    assert "## Summary" in text
+    if name != "13_interview":  # the interview notebook is all questions, with its own self-check
+        assert "## Interview corner" in text and "## Exercises" in text and "<summary>Solution" in text
