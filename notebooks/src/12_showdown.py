@@ -297,12 +297,12 @@ print("time ratios", min(t for t, _ in ratios.values()), "to", max(t for t, _ in
 #   different scale — reads 1.01. A second run of just those two methods, back to back (`results/repeat_lora/`,
 #   written by `python -m peftedu showdown --methods lora rslora --no-serving` to a scratch folder and copied),
 #   gives 1.00 for both: the 1.10 is the run-to-run noise of a 2-core machine, not a slower LoRA.
-# * **Scores**: the same where both libraries generate the same way. For the two prompt-based methods the training
-#   losses agree to two decimals, yet `peft`'s scores are lower. The difference is in `peft` 0.21.2's *generation*
-#   with transformers 5.24, not in training: for prompt tuning it feeds the virtual tokens again at every decoding
-#   step when the cache is on (notebook 02, section 8, shows it; `use_cache=False` fixes it), and for prefix tuning
-#   on Llama its prefix loses to `generate`'s own cache and is dropped (`tests/test_prefix_tuning.py` documents it),
-#   so the trained `peft` model answers like the base model.
+# * **Scores**: the same where both libraries generate the same way. For the three prompt-based methods the
+#   training losses agree to two decimals, yet `peft`'s scores are lower. The difference is in `peft` 0.21.2's
+#   *generation* with transformers 5.24, not in training: for prompt tuning and P-tuning it feeds the virtual tokens
+#   again at every decoding step when the cache is on (notebook 02, section 8, shows it; `use_cache=False` fixes
+#   it), and for prefix tuning on Llama its prefix loses to `generate`'s own cache and is dropped
+#   (`tests/test_prefix_tuning.py` documents it), so the trained `peft` model answers like the base model.
 
 # %%
 repeat = {r["method"]: r for r in json.loads((REPO_ROOT / "results" / "repeat_lora" / "showdown_cpu.json")
@@ -310,7 +310,7 @@ repeat = {r["method"]: r for r in json.loads((REPO_ROOT / "results" / "repeat_lo
 print({name: round(r["time_ratio_vs_peft"], 3) for name, r in repeat.items()})
 assert all(m <= 1.05 for _, m in ratios.values())
 assert all(abs(r["time_ratio_vs_peft"] - 1) < 0.05 for r in repeat.values())
-for name in ("prompt_tuning", "prefix_tuning"):
+for name in ("prompt_tuning", "p_tuning", "prefix_tuning"):
     assert abs(rows[name]["loss_last"] - peft_rows[name]["loss_last"]) < 0.02, name
     assert peft_rows[name]["score"] < rows[name]["score"]
 assert peft_rows["prefix_tuning"]["score"] == base["score"]  # the dropped prefix: the base model's answers
