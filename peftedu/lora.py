@@ -124,8 +124,8 @@ class LoraLinear(AdapterLayer):
             for name in dict.fromkeys(self.row_adapters):
                 if name not in self.lora_A:
                     continue
-                rows = [i for i, n in enumerate(self.row_adapters) if n == name]  # fp32 sum, rounded once,
-                update = result[rows] + self.adapter_output(x[rows], result[rows], name)  # as in the path below
+                rows = [i for i, n in enumerate(self.row_adapters) if n == name]
+                update = result[rows] + self.adapter_output(x[rows], result[rows], name)  # fp32, as below
                 result[rows] = update.to(result.dtype)
             return result
         dtype = result.dtype

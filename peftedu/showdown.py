@@ -270,8 +270,8 @@ def run_one(method_name: str, impl: str, settings: Settings) -> dict:
         "peak_memory_mb": None if history.peak_memory_bytes is None else history.peak_memory_bytes / 1e6,
         "memory_method": history.peak_memory_method,
         "loss_first": history.loss[0], "loss_last": history.loss[-1],
-        "score": score and score["score"], "eval_rows": score and score["n"],
-        "retention": retention and retention["score"],
+        "score": None if score is None else score["score"], "eval_rows": None if score is None else score["n"],
+        "retention": None if retention is None else retention["score"],
         "latency_base_s": base_latency,
         "latency_unmerged_rel": None if twin else unmerged_latency / base_latency,
         "latency_merged_rel": None if merged_latency is None else merged_latency / base_latency,
@@ -493,7 +493,7 @@ def write_results(result: dict, out_dir: Path, stem: str) -> dict[str, Path]:
     return paths
 
 
-def _load_log(log: Path | None, settings: Settings) -> list[dict]:
+def load_log(log: Path | None, settings: Settings) -> list[dict]:
     """The entries of a run log written with the same settings (others are ignored)."""
     if log is None or not log.exists():
         return []
@@ -526,7 +526,7 @@ def showdown(settings: Settings, methods: list[str] | None = None, with_peft: bo
     if with_peft:  # each peft twin right after its peftedu run, so both see the same machine load
         jobs = [job for m in methods for job in
                 ([(m, "peftedu"), (m, "peft")] if METHODS[m].kind in ("peft", "loraplus") else [(m, "peftedu")])]
-    logged = _load_log(log, settings)
+    logged = load_log(log, settings)
     baseline = next((e["baseline"] for e in logged if "baseline" in e), None)
     if baseline is None:
         if not run:

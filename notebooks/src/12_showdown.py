@@ -31,8 +31,8 @@ from IPython.display import Markdown, display
 
 import peftedu
 from peftedu import showdown
-from peftedu.accounting import count_parameters, memory_table
-from peftedu.models import REPO_ROOT, build_from_config, load_base
+from peftedu.accounting import DecoderShape, count_parameters, memory_table, nf4_bits_per_param
+from peftedu.models import REPO_ROOT, build_from_config, load_base, load_model_config
 
 transformers.utils.logging.disable_progress_bar()
 torch.manual_seed(0)
@@ -261,10 +261,8 @@ assert best_peft >= full["score"] - 0.05
 
 # QLoRA's saving is in the frozen weights: the linear layers (not the embedding table) in NF4 with double
 # quantization, 4 + 8/64 + 32/(64·256) = 4.127 bits per weight (notebook 07 measures it from the stored tensors).
-smol = build_from_config("smollm2-135m")
-linear_weights = sum(m.weight.numel() for n, m in smol.named_modules()
-                     if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head"))
-bits = 4 + 8 / 64 + 32 / (64 * 256)
+linear_weights = DecoderShape.from_config(load_model_config("smollm2-135m")).linear_params()
+bits = nf4_bits_per_param()
 print(f"linear weights: {linear_weights:,}; fp32 {linear_weights * 4 / 1e6:,.0f} MB -> NF4+DQ "
       f"{linear_weights * bits / 8 / 1e6:,.0f} MB at load time; QLoRA's step: {rows['qlora']['time_per_step_s']:.2f} s "
       f"vs LoRA's {rows['lora']['time_per_step_s']:.2f} s")
@@ -363,9 +361,8 @@ display(Markdown("\n".join(line for line in (REPO_ROOT / "results" / "showdown_g
 #   merged models are plain models); read inference overhead from the CPU table.
 
 # %%
-params = sum(p.numel() for p in build_from_config("smollm2-1.7b").parameters())
-linear_17 = sum(m.weight.numel() for n, m in build_from_config("smollm2-1.7b").named_modules()
-                if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head"))
+params = count_parameters(build_from_config("smollm2-1.7b"))[1]
+linear_17 = DecoderShape.from_config(load_model_config("smollm2-1.7b")).linear_params()
 bf16_gb, nf4_gb = params * 2 / 1e9, (linear_17 * bits / 8 + (params - linear_17) * 2) / 1e9
 print(f"base weights: bf16 {bf16_gb:.2f} GB, NF4+DQ linears + bf16 rest {nf4_gb:.2f} GB")
 print(f"peak training memory above the weights: full {g['full']['peak_memory_mb']:,.0f} MB, LoRA "
@@ -385,20 +382,18 @@ assert all(g[m]["time_per_step_s"] > g["lora"]["time_per_step_s"] for m in ("dor
 # forward pass shows up directly in the step time.
 
 # %%
-twin_rows = {}  # the run log holds every finished run with its settings
-for line in (REPO_ROOT / "results" / "showdown_runs.jsonl").read_text().splitlines():
-    entry = json.loads(line)
-    if entry["settings"]["device"] == "cuda" and entry.get("row", {}).get("impl") == "peft":
-        twin_rows[entry["row"]["method"]] = entry["row"]
+logged = [entry["row"] for entry in showdown.load_log(REPO_ROOT / "results" / "showdown_runs.jsonl",
+                                                     showdown.Settings(**gpu["settings"])) if "row" in entry]
+showdown.compare_with_peft(logged)  # the run log holds every finished GPU run, twins included
+twin_rows = {r["method"]: r for r in logged if r["impl"] == "peft"}
 gpu_ratio_lines = ["| method | s/step peftedu | s/step peft | time ÷ peft | memory ÷ peft |", "| --- | --- | --- | --- | --- |"]
-for name, twin in twin_rows.items():
-    ours = g[name]
-    gpu_ratio_lines.append(f"| {name} | {ours['time_per_step_s']:.3f} | {twin['time_per_step_s']:.3f} | "
-                           f"{ours['time_per_step_s'] / twin['time_per_step_s']:.2f} | "
-                           f"{ours['peak_memory_mb'] / twin['peak_memory_mb']:.2f} |")
+for ours in (r for r in logged if "time_ratio_vs_peft" in r):
+    gpu_ratio_lines.append(f"| {ours['method']} | {ours['time_per_step_s']:.3f} | "
+                           f"{twin_rows[ours['method']]['time_per_step_s']:.3f} | {ours['time_ratio_vs_peft']:.2f} | "
+                           f"{ours['memory_ratio_vs_peft']:.2f} |")
 display(Markdown("\n".join(gpu_ratio_lines)))
 assert sorted(twin_rows) == ["dora", "ia3", "lora", "prefix_tuning"]
-assert all(g[n]["peak_memory_mb"] / t["peak_memory_mb"] <= 1.05 for n, t in twin_rows.items())
+assert all(r["memory_ratio_vs_peft"] <= 1.05 for r in logged if "memory_ratio_vs_peft" in r)
 
 # %% [markdown]
 # ## 8. What this showdown can and cannot tell you
