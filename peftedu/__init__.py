@@ -21,7 +21,7 @@ from .models import (
 )
 from .config import PeftConfig
 from .peft_model import PeftModel, get_peft_model
-from .compare import cmp
+from .compare import cmp, measured, rounding_tolerance
 
 # one module per method; importing registers its config and tuner
 from .bitfit import BitFitConfig
@@ -50,7 +50,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL", "MODEL_ALIASES", "build_from_config", "default_dtype", "load_base", "load_model_config",
-    "pick_device", "PeftConfig", "PeftModel", "get_peft_model", "cmp",
+    "pick_device", "PeftConfig", "PeftModel", "get_peft_model", "cmp", "measured", "rounding_tolerance",
     "BitFitConfig", "PromptTuningConfig", "PromptEncoderConfig", "PrefixTuningConfig", "AdapterConfig",
     "AdaptionPromptConfig", "LoraConfig", "AdaLoraConfig", "IA3Config", "create_loraplus_optimizer",
     "add_weighted_adapter", "count_parameters", "estimate_training_memory", "measure_peak_memory", "memory_table",

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from .accounting import measure_peak_memory
+from .compare import measured
 from .data import (
     IGNORE_INDEX,
     MAX_NEW_TOKENS,
@@ -164,7 +165,8 @@ class TrainHistory:
 
     def summary(self) -> str:
         memory = "n/a" if self.peak_memory_bytes is None else f"{self.peak_memory_bytes / 2**20:,.0f} MiB"
-        return (f"{self.steps} steps in {self.wall_time_s:.1f} s, loss {self.loss[0]:.3f} -> {self.loss[-1]:.3f}, "
+        return (f"{self.steps} steps in {self.wall_time_s:.1f} s, "
+                f"loss {measured(self.loss[0])} -> {measured(self.loss[-1])}, "
                 f"{self.tokens_per_s:,.0f} tokens/s, peak memory {memory}, "
                 f"{self.trainable_params:,} trainable parameters")
 

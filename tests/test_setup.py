@@ -48,6 +48,8 @@ def test_ci_runs_the_readmes_own_commands():
         assert command in readme, f"README lacks {command}"
         assert command in ci, f".ci/run lacks {command}"
     assert "HF_HUB_OFFLINE=1" in ci
+    # the committed notebook outputs are checked a second time with other CPU kernels and one thread (issue 11)
+    assert "ATEN_CPU_CAPABILITY=avx2 OMP_NUM_THREADS=1 bash scripts/test.sh notebooks" in ci
     assert "--no-deps" in (ROOT / "scripts" / "setup.sh").read_text()
 
 
