@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from pathlib import Path
 from typing import ClassVar
 
@@ -81,7 +82,15 @@ class PeftConfig:
         path = Path(directory) / CONFIG_NAME
         if not path.exists():
             raise FileNotFoundError(f"No {CONFIG_NAME} in {directory}: is this an adapter folder?")
-        return PeftConfig.from_dict(json.loads(path.read_text()))
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not valid JSON ({err}): the file is truncated or was edited by hand. "
+                             "Save the adapter again with save_pretrained(), or copy the file again.") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object of config fields: "
+                             "save the adapter again with save_pretrained().")
+        return PeftConfig.from_dict(data)
 
 
 def _is_off(value) -> bool:
@@ -89,6 +98,13 @@ def _is_off(value) -> bool:
 
 
 def check_positive(name: str, value, kind: str = "an integer") -> None:
-    """Raise a ValueError that says what was wrong and what would be right."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"{name} must be a positive {kind.split()[-1]}, got {value!r}.")
+    """Raise a ValueError that says what was wrong and what would be right.
+
+    ``kind="an integer"`` (ranks, token and layer counts) refuses fractions such as ``r=2.5``: torch would
+    fail later, far from the mistake. ``kind="a number"`` (``lora_alpha``, rates) takes any positive real.
+    """
+    integer = kind.split()[-1] == "integer"
+    allowed = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, allowed) or value <= 0:
+        hint = " (a count of ranks, tokens or layers is a whole number)" if integer and isinstance(value, float) else ""
+        raise ValueError(f"{name} must be a positive {kind.split()[-1]}, got {value!r}{hint}.")

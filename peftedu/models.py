@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -113,12 +114,52 @@ def _default_model_folder() -> Path:
     return folder
 
 
+#: What a hub id looks like: ``org/name`` (letters, digits, ``-``, ``_``, ``.``).
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def check_model_name(name: str | None = None) -> str:
+    """The model setting, checked at once: an alias, an existing model folder, or an ``org/name`` hub id.
+
+    Anything else fails here, listing the aliases, instead of after minutes of hub retries.
+    """
+    name = model_name(name)
+    if name == DEFAULT_MODEL or name in MODEL_ALIASES:
+        return name
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ValueError(f"Model folder {str(path)!r} has no config.json: give a folder written by "
+                             "save_pretrained() (config.json, weights and tokenizer files), an alias, or a hub id.")
+        return name
+    if HUB_ID.fullmatch(name):
+        return name
+    raise ValueError(f"Unknown model {name!r} (from --model or PEFTEDU_MODEL): it is not an alias, not an existing "
+                     f"folder and not a hub id of the form org/name. Aliases: {', '.join(MODEL_ALIASES)}.")
+
+
 def resolve_source(name: str | None = None) -> str:
     """What ``from_pretrained`` will read for a model setting (a folder or a hub id)."""
-    name = model_name(name)
+    name = check_model_name(name)
     if name == DEFAULT_MODEL:
         return str(_default_model_folder())
     return MODEL_ALIASES.get(name, name)
+
+
+def _from_pretrained(loader, source: str, **kwargs):
+    """``loader.from_pretrained(source)``; a hub id that cannot be fetched says why and what to do instead."""
+    try:
+        return loader.from_pretrained(source, **kwargs)
+    except OSError as err:
+        if Path(source).exists():
+            raise
+        offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+        why = ("HF_HUB_OFFLINE=1 is set, so nothing is downloaded, and it is not in the local hub cache" if offline
+               else "the hub could not be reached or has no such model")
+        raise OSError(f"Could not load {source!r}: {why}. On a machine with network, download it once "
+                      f"(hf download {source} --local-dir <folder>) and set PEFTEDU_MODEL=<folder> "
+                      f"(or --model <folder>); or, online, unset HF_HUB_OFFLINE. ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0] if str(err) else ''})") from err
 
 
 def load_base(name: str | None = None, *, device=None, dtype: torch.dtype | None = None):
@@ -134,10 +175,10 @@ def load_base(name: str | None = None, *, device=None, dtype: torch.dtype | None
     device = pick_device(device)
     dtype = dtype or default_dtype(device)
     source = resolve_source(name)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = _from_pretrained(AutoTokenizer, source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    model = _from_pretrained(AutoModelForCausalLM, source, dtype=dtype)
     model.to(device).eval()
     model.name_or_path = MODEL_ALIASES.get(model_name(name), model_name(name))
     return model, tokenizer

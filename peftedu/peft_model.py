@@ -253,7 +253,7 @@ class PeftModel(nn.Module):
         config = PeftConfig.from_pretrained(directory)
         config.inference_mode = not is_trainable
         self.add_adapter(adapter_name, config)
-        self.load_adapter_state_dict(load_file(str(Path(directory) / WEIGHTS_NAME)), adapter_name)
+        self.load_adapter_state_dict(load_weights(directory), adapter_name)
         self.set_adapter(adapter_name)
 
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor], adapter_name: str) -> None:
@@ -283,8 +283,22 @@ class PeftModel(nn.Module):
         config = PeftConfig.from_pretrained(directory)
         config.inference_mode = not is_trainable
         peft_model = cls(model, config, adapter_name)
-        peft_model.load_adapter_state_dict(load_file(str(Path(directory) / WEIGHTS_NAME)), adapter_name)
+        peft_model.load_adapter_state_dict(load_weights(directory), adapter_name)
         return peft_model
+
+
+def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``directory/adapter_model.safetensors``; a missing or damaged file names itself."""
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"No {WEIGHTS_NAME} in {directory}: save the adapter with save_pretrained() "
+                                "(peftedu and HF peft both write this file; .bin files are not read).")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own SafetensorError (and OSError) on a damaged file
+        raise ValueError(f"{path} cannot be read as safetensors ({err}): the file is truncated or damaged "
+                         "(an interrupted copy or download?). Save the adapter again with save_pretrained(), "
+                         "or copy the file again.") from err
 
 
 def get_peft_model(model: nn.Module, config: PeftConfig, adapter_name: str = "default") -> PeftModel:

@@ -555,20 +555,27 @@ def showdown(settings: Settings, methods: list[str] | None = None, with_peft: bo
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--methods", nargs="+", default=None, help=f"subset of {list(METHODS)}")
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--task", default="topic")
-    parser.add_argument("--seed", type=int, default=0, help="the seed of every run (data order, initialisation)")
-    parser.add_argument("--profile", default=None)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--out", default="results")
+    """The showdown's own options (``--model`` and ``--profile`` are added by the command line, as for tour)."""
+    parser.add_argument("--methods", nargs="+", default=None, choices=list(METHODS), metavar="METHOD",
+                        help=f"a subset of: {', '.join(METHODS)} (default: all)")
+    parser.add_argument("--task", default="topic", choices=["topic", "extract"],
+                        help="the task every method is trained and scored on (default: topic)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the seed of every run: data order and initialisation (default: 0)")
+    parser.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"],
+                        help="where to train (default: cuda, else mps, else cpu)")
+    parser.add_argument("--out", default="results", metavar="FOLDER",
+                        help="where the CSV, Markdown, JSON and plots are written (default: results)")
     parser.add_argument("--no-peft", action="store_true", help="skip the HF peft twins")
-    parser.add_argument("--log", default=None,
-                        help="JSON Lines log of finished runs, reused with the same settings (default: OUT/showdown_runs.jsonl)")
+    parser.add_argument("--log", default=None, metavar="FILE",
+                        help="JSON Lines log of finished runs, reused with the same settings "
+                             "(default: OUT/showdown_runs.jsonl)")
     parser.add_argument("--no-serving", action="store_true", help="skip the many-adapters serving benchmark")
-    parser.add_argument("--random-weights", action="store_true", help="build the model from its shipped config")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="build the model from its shipped config with random weights (no download; no scores)")
     parser.add_argument("--smoke", action="store_true",
-                        help="seconds: tiny random model, 2 steps, 4 eval rows, in one process (CI)")
+                        help="the whole pipeline on a tiny random model: 2 steps, 4 eval rows, one process, "
+                             "about 2 minutes (CI)")
     parser.add_argument("--worker", nargs=3, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
 

@@ -95,9 +95,10 @@ def get_profile(name: str | Profile | None = None) -> Profile:
     if isinstance(name, Profile):
         return name
     name = name or os.environ.get("PEFTEDU_PROFILE") or "quick"
-    if name not in PROFILES:
-        raise ValueError(f"Unknown profile {name!r} (from argument or PEFTEDU_PROFILE); choose one of {sorted(PROFILES)}.")
-    return PROFILES[name]
+    if name.strip().lower() not in PROFILES:
+        raise ValueError(f"Unknown profile {name!r} (from --profile or PEFTEDU_PROFILE); choose one of "
+                         f"{sorted(PROFILES)} (any case).")
+    return PROFILES[name.strip().lower()]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,3 +21,8 @@ def test_tour_runs_end_to_end_and_writes_its_numbers(tmp_path, monkeypatch, caps
     assert result["trainable_params"] == 921_600  # LoRA r=8 on q, k, v, o of SmolLM2
     assert result["final_loss"] < result["first_loss"]
     assert "zero-shot score" in printed and "after LoRA score" in printed and "before    :" in printed
+    # the example is the first test row, whatever the model answers, and says whether that answer is right
+    example = result["example"]
+    assert example["input"] == training.load_task("topic", "test")[0]["input"]
+    verdict = "right" if example["after_correct"] else "wrong"
+    assert f"after     : {example['after']!r} ({verdict})" in printed
