@@ -151,7 +151,9 @@ def load_model(settings: Settings):
                              f"or connect to the hub once to fetch it.")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        return model, tokenizer, f"random (shipped config; real weights not reachable); tokenizer: {source}"
+        # the tokenizer's name only: a folder's full path belongs to one machine and says nothing to a reader
+        label = "PEFTEDU_TOKENIZER folder" if named and Path(named).exists() else source
+        return model, tokenizer, f"random (shipped config; real weights not reachable); tokenizer: {label}"
     model, tokenizer = load_base(settings.model, device=settings.device)
     return model, tokenizer, "pretrained"
 
@@ -363,7 +365,29 @@ def serving_benchmark(settings: Settings, n_adapters: int = 8, rows_per_adapter:
     distinct = (mixed_logits - one_adapter)[keep].abs().max().item()
     return {"adapters": n_adapters, "requests": len(names), "mixed_batch_s": mixed_s, "switching_s": switch_s,
             "throughput_ratio": switch_s / mixed_s, "max_logit_diff": max_diff,
-            "adapters_differ_by": distinct}
+            "adapters_differ_by": distinct, "dtype": str(mixed_logits.dtype).removeprefix("torch."),
+            "max_abs_logit": mixed_logits[keep].abs().max().item()}
+
+
+def serving_verdict(serving: dict) -> str:
+    """How the mixed batch compares with switching, against the rounding its dtype allows (never 'same' beyond it).
+
+    The tolerance is :func:`peftedu.compare.rounding_tolerance` at the size of the largest logit (10 ε · |logit|):
+    in fp32 the two routes agree far inside it; in bf16 one rounding of a logit of 20 is already 0.06.
+    """
+    from .compare import rounding_tolerance
+
+    diff = serving["max_logit_diff"]
+    if diff == 0.0:
+        return "the same logits, bit for bit"
+    if "dtype" not in serving or "max_abs_logit" not in serving:  # an older run recorded neither
+        return (f"logits within {diff:.1e} of each other, against {serving['adapters_differ_by']:.1f} between two "
+                "adapters (its dtype was not recorded, so no rounding tolerance is stated)")
+    tol = rounding_tolerance(getattr(torch, serving["dtype"]), magnitude=serving["max_abs_logit"])
+    relation = "within" if diff <= tol else "beyond"
+    return (f"logits {relation} {serving['dtype']} rounding: max difference {diff:.1e} against a tolerance of "
+            f"{tol:.1e} (10 ε × the largest logit, {serving['max_abs_logit']:.1f}), while two different adapters "
+            f"differ by {serving['adapters_differ_by']:.1f}")
 
 
 def compare_with_peft(rows: list[dict]) -> None:
@@ -451,8 +475,8 @@ def write_results(result: dict, out_dir: Path, stem: str) -> dict[str, Path]:
     serving = result.get("serving")
     if serving:
         lines += ["", f"**Serving {serving['adapters']} LoRA adapters** ({serving['requests']} requests): one mixed "
-                  f"batch (each row gathers its own adapter) vs switching adapters request by request — same logits "
-                  f"(max difference {serving['max_logit_diff']:.1e}); the mixed batch is "
+                  f"batch (each row gathers its own adapter) vs switching adapters request by request — "
+                  f"{serving_verdict(serving)}; the mixed batch is "
                   f"{serving['throughput_ratio']:.1f}x the throughput."]
     notes = sorted({(r["method"], r["note"]) for r in ours if r.get("note")})
     if notes:

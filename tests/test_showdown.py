@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
 from peftedu import showdown as sd
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SMOKE = sd.Settings(model="tiny-random", profile="quick", max_steps=2, eval_rows=4, latency_rows=2,
                     latency_repeats=1, device="cpu")
@@ -148,3 +151,22 @@ def test_a_table_without_scores_says_so_and_draws_no_score_plot(tmp_path):
     md = paths["md"].read_text()
     assert "no scores: random weights were never pretrained" in md and "| qlora |" in md
     assert "plot_score" not in paths and paths["plot_memory"].stat().st_size > 1000
+
+
+def test_serving_is_called_the_same_only_within_the_rounding_of_its_dtype():
+    from peftedu.showdown import serving_verdict
+
+    base = {"adapters": 8, "adapters_differ_by": 3.4, "max_abs_logit": 20.0}
+    assert serving_verdict({**base, "max_logit_diff": 0.0, "dtype": "float32"}) == "the same logits, bit for bit"
+    within = serving_verdict({**base, "max_logit_diff": 0.125, "dtype": "bfloat16"})
+    assert within.startswith("logits within bfloat16 rounding") and "1.6e+00" in within  # 10 x 2^-7 x 20
+    beyond = serving_verdict({**base, "max_logit_diff": 1e-3, "dtype": "float32"})
+    assert beyond.startswith("logits beyond float32 rounding")
+    older = serving_verdict({"adapters": 8, "adapters_differ_by": 3.4, "max_logit_diff": 0.13})
+    assert "same" not in older and "no rounding tolerance" in older
+
+
+def test_committed_results_name_no_machine_folder():
+    """A results table is read on other machines: a tokenizer folder's path on the GPU box says nothing there."""
+    for path in (ROOT / "results").rglob("*.md"):
+        assert "/work/" not in path.read_text() and "/root/" not in path.read_text(), path
