@@ -48,6 +48,8 @@ class PeftConfig:
     def to_dict(self) -> dict:
         data = {"peft_type": self.peft_type}
         for field in dataclasses.fields(self):
+            if not field.metadata.get("in_config_file", True):
+                continue
             value = getattr(self, field.name)
             data[field.name] = sorted(value) if isinstance(value, (set, frozenset)) else value
         return data
@@ -91,6 +93,28 @@ class PeftConfig:
             raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object of config fields: "
                              "save the adapter again with save_pretrained().")
         return PeftConfig.from_dict(data)
+
+
+#: How the prompt methods (prompt tuning, P-tuning, prefix tuning) number the positions of the real tokens.
+#: "peftedu": from the attention mask (``cumsum(mask) - 1``, pads skipped); prompt tuning's virtual tokens take
+#: 0..p-1 and the real tokens p.., a prefix takes no position and the real tokens 0..T-1; so a left-padded row
+#: gets the logits it gets alone. "peft": HF peft 0.21's forward, which passes no position ids: positions count
+#: every slot, pads included (prompt tuning: 0..p+T-1; prefix tuning: real tokens at p..p+T-1).
+POSITION_CONVENTIONS = ("peftedu", "peft")
+#: Where a saved adapter records its convention: the safetensors header, which HF peft ignores (an unknown key
+#: in adapter_config.json would make peft warn). A file without it was written by HF peft: "peft".
+POSITION_METADATA_KEY = "peftedu_position_convention"
+
+
+def position_convention_field():
+    """The ``position_convention`` field of a prompt method's config (kept out of adapter_config.json)."""
+    return dataclasses.field(default="peftedu", metadata={"in_config_file": False})
+
+
+def check_position_convention(value) -> None:
+    if value not in POSITION_CONVENTIONS:
+        raise ValueError(f"position_convention must be one of {POSITION_CONVENTIONS}, got {value!r}: 'peftedu' "
+                         "numbers real tokens from the attention mask, 'peft' as HF peft's forward does.")
 
 
 def _is_off(value) -> bool:

@@ -14,10 +14,11 @@ import contextlib
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import PeftConfig
+from .config import POSITION_METADATA_KEY, PeftConfig, check_position_convention
 from .tuners import AdapterLayer, ModulesToSaveWrapper, get_tuner
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -247,13 +248,17 @@ class PeftModel(nn.Module):
             target.mkdir(parents=True, exist_ok=True)
             config = self.peft_config[name]
             config.save_pretrained(target)
-            save_file(self.state_dict_to_save(name), str(target / WEIGHTS_NAME), metadata={"format": "pt"})
+            metadata = {"format": "pt"}
+            if hasattr(config, "position_convention"):  # the prompt methods' convention travels with the weights
+                metadata[POSITION_METADATA_KEY] = config.position_convention
+            save_file(self.state_dict_to_save(name), str(target / WEIGHTS_NAME), metadata=metadata)
 
-    def load_adapter(self, directory: str | Path, adapter_name: str, is_trainable: bool = False) -> None:
-        config = PeftConfig.from_pretrained(directory)
-        config.inference_mode = not is_trainable
+    def load_adapter(self, directory: str | Path, adapter_name: str, is_trainable: bool = False,
+                     position_convention: str | None = None) -> None:
+        """Load a saved adapter (peftedu's or HF peft's) as ``adapter_name``; see :meth:`from_pretrained`."""
+        config, state = load_config_and_weights(directory, is_trainable, position_convention)
         self.add_adapter(adapter_name, config)
-        self.load_adapter_state_dict(load_weights(directory), adapter_name)
+        self.load_adapter_state_dict(state, adapter_name)
         self.set_adapter(adapter_name)
 
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor], adapter_name: str) -> None:
@@ -278,23 +283,43 @@ class PeftModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, directory: str | Path, adapter_name: str = "default",
-                        is_trainable: bool = False) -> "PeftModel":
-        """Load an adapter saved by peftedu or by HF peft onto ``model``."""
-        config = PeftConfig.from_pretrained(directory)
-        config.inference_mode = not is_trainable
+                        is_trainable: bool = False, position_convention: str | None = None) -> "PeftModel":
+        """Load an adapter saved by peftedu or by HF peft onto ``model``.
+
+        Prompt methods: ``position_convention`` (``"peftedu"`` or ``"peft"``, see ``config.POSITION_CONVENTIONS``)
+        defaults to the file's own: what peftedu recorded when it saved, and ``"peft"`` for a file written by HF
+        peft, so a peft-trained prompt or prefix gives peft's forward outputs here too.
+        """
+        config, state = load_config_and_weights(directory, is_trainable, position_convention)
         peft_model = cls(model, config, adapter_name)
-        peft_model.load_adapter_state_dict(load_weights(directory), adapter_name)
+        peft_model.load_adapter_state_dict(state, adapter_name)
         return peft_model
 
 
-def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of ``directory/adapter_model.safetensors``; a missing or damaged file names itself."""
+def load_config_and_weights(directory: str | Path, is_trainable: bool, position_convention: str | None):
+    """The adapter's config (its prompt methods' position convention from the file unless given) and tensors."""
+    config = PeftConfig.from_pretrained(directory)
+    config.inference_mode = not is_trainable
+    state, metadata = load_weights(directory)
+    if hasattr(config, "position_convention"):
+        config.position_convention = position_convention or metadata.get(POSITION_METADATA_KEY, "peft")
+        check_position_convention(config.position_convention)
+    elif position_convention is not None:
+        raise ValueError(f"position_convention is for prompt methods; this adapter is {config.peft_type}.")
+    return config, state
+
+
+def load_weights(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors of ``directory/adapter_model.safetensors`` and the file's metadata; a missing or damaged
+    file names itself."""
     path = Path(directory) / WEIGHTS_NAME
     if not path.exists():
         raise FileNotFoundError(f"No {WEIGHTS_NAME} in {directory}: save the adapter with save_pretrained() "
                                 "(peftedu and HF peft both write this file; .bin files are not read).")
     try:
-        return load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        return load_file(str(path)), metadata
     except Exception as err:  # safetensors raises its own SafetensorError (and OSError) on a damaged file
         raise ValueError(f"{path} cannot be read as safetensors ({err}): the file is truncated or damaged "
                          "(an interrupted copy or download?). Save the adapter again with save_pretrained(), "

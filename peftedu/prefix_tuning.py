@@ -46,6 +46,10 @@ HF peft 0.21.2 with transformers 5.24, as the tests check: peft adds p to any po
 ``forward`` real tokens sit at p..p+T-1 (parity tests therefore give peft ``position_ids - p``); its
 ``generate`` passes the prefix as ``past_key_values`` beside generate's own empty ``cache``, which wins, so the
 prefix is silently dropped on Llama and a padded batch crashes on BLOOM. BLOOM (ALiBi) takes no position ids.
+``PrefixTuningConfig(position_convention="peft")`` gives peft's forward positions instead (real tokens at
+p..p+T-1, pads counted); an adapter file written by HF peft loads with it, so a peft-trained prefix gives peft's
+forward logits here (``PeftModel.from_pretrained(..., position_convention=...)`` overrides; see
+``config.POSITION_CONVENTIONS``). ``scripts/peft_generation_bug.py`` reproduces peft's generation bug.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ import inspect
 import torch
 from torch import nn
 
-from .config import PeftConfig, check_positive, register_config
+from .config import PeftConfig, check_position_convention, check_positive, position_convention_field, register_config
 from .tuners import Tuner, module_device, register_tuner
 
 
@@ -75,10 +79,12 @@ class PrefixTuningConfig(PeftConfig):
     token_dim: int | None = None
     num_attention_heads: int | None = None
     num_transformer_submodules: int | None = 1
+    position_convention: str = position_convention_field()  # "peftedu" or "peft": see config.POSITION_CONVENTIONS
 
     def __post_init__(self):
         super().__post_init__()
         check_positive("num_virtual_tokens", self.num_virtual_tokens)
+        check_position_convention(self.position_convention)
         if self.encoder_hidden_size is not None:
             check_positive("encoder_hidden_size", self.encoder_hidden_size)
         if self.init_weights not in (None, "zero"):
@@ -238,9 +244,11 @@ class PrefixTuningTuner(Tuner):
                 raise ValueError(f"Prefix tuning fills the key/value cache itself; do not pass {name}=.")
         if attention_mask is None:
             attention_mask = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
-        if "position_ids" in inspect.signature(model.forward).parameters and kwargs.get("position_ids") is None:
-            kwargs["position_ids"] = positions_from_mask(attention_mask)
-        p = peft_model.peft_config[peft_model.active_adapter].num_virtual_tokens
+        config = peft_model.peft_config[peft_model.active_adapter]
+        if (config.position_convention == "peftedu" and kwargs.get("position_ids") is None
+                and "position_ids" in inspect.signature(model.forward).parameters):
+            kwargs["position_ids"] = positions_from_mask(attention_mask)  # else the model counts from the cache: p..
+        p = config.num_virtual_tokens
         prefix_mask = torch.ones(attention_mask.shape[0], p, dtype=attention_mask.dtype, device=attention_mask.device)
         kwargs["attention_mask"] = torch.cat([prefix_mask, attention_mask], dim=1)
         kwargs[cache_argument(model)] = self.prefix_cache(peft_model, batch)

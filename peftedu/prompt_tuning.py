@@ -26,6 +26,10 @@ tokens. TEXT and SAMPLE_VOCAB start the soft prompt *on* the embedding manifold,
   prompt goes before the padded batch, as in peft. Without left padding these are peft's positions exactly;
   peft's ``forward`` passes no position ids, so with left padding its pads shift the real tokens.
 * ``position_ids`` passed by the caller number the real tokens from 0; they are shifted by p.
+* ``position_convention="peft"`` (the config field; what a file written by HF peft loads with) passes no
+  position ids, as peft's ``forward`` does: the positions then count every slot, pads included, so a
+  peft-trained prompt gives peft's logits on left-padded rows too. ``generate`` numbers positions from the
+  mask in both conventions (as peft's ``generate`` with ``use_cache=False`` does).
 * A cache that already holds the prompt (step-by-step decoding) is continued: no second prompt.
 * ``generate`` feeds ``[prompt; E[input_ids]]`` as ``inputs_embeds`` and returns ``input_ids`` followed
   by the new tokens (peft's output). ``max_length`` counts real tokens only, as in peft.
@@ -50,7 +54,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import PeftConfig, check_positive, register_config
+from .config import PeftConfig, check_position_convention, check_positive, position_convention_field, register_config
 from .prefix_tuning import positions_from_mask
 from .tuners import Tuner, module_device, register_tuner
 
@@ -68,10 +72,12 @@ class PromptLearningConfig(PeftConfig):
     num_layers: int | None = None
     num_attention_heads: int | None = None
     num_transformer_submodules: int | None = 1
+    position_convention: str = position_convention_field()  # "peftedu" or "peft": see config.POSITION_CONVENTIONS
 
     def __post_init__(self):
         super().__post_init__()
         check_positive("num_virtual_tokens", self.num_virtual_tokens)
+        check_position_convention(self.position_convention)
         if self.num_transformer_submodules not in (None, 1):
             raise ValueError("num_transformer_submodules must be 1: peftedu builds decoder-only causal LMs.")
 
@@ -223,7 +229,8 @@ class PromptTuningTuner(Tuner):
             position_ids = position_ids + p if continuing else torch.cat([before, position_ids + p], dim=1)
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask.new_ones(batch, p), attention_mask], dim=1)
-            if position_ids is None and "position_ids" in _arguments(model):
+            peftedu_positions = peft_model.peft_config[name].position_convention == "peftedu"
+            if position_ids is None and peftedu_positions and "position_ids" in _arguments(model):
                 position_ids = positions_from_mask(attention_mask)[:, -inputs_embeds.shape[1]:]
         extra = {"position_ids": position_ids} if position_ids is not None else {}
         return dict(kwargs, inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **extra)

@@ -91,10 +91,20 @@ def test_files_load_both_ways(make, projection, tiny_inputs, tmp_path):
     loaded_by_peft = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ours")
     b = loaded_by_peft(**tiny_inputs, **peft_kwargs(base, tiny_inputs["attention_mask"], P)).logits
     assert_close_on_tokens(reference, b, tiny_inputs["attention_mask"])
+    # a file written by peft brings peft's positions along: the very logits of peft's own forward
     loaded_by_us = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "peft")
-    c = theirs(**tiny_inputs, **peft_kwargs(base, tiny_inputs["attention_mask"], P)).logits
-    assert_close_on_tokens(loaded_by_us(**tiny_inputs).logits, c, tiny_inputs["attention_mask"])
+    assert loaded_by_us.peft_config["default"].position_convention == "peft"
+    assert_close_on_tokens(loaded_by_us(**tiny_inputs).logits, theirs(**tiny_inputs).logits,
+                           tiny_inputs["attention_mask"])
     assert not any(t.requires_grad for t in loaded_by_us.parameters())  # loaded for inference
+    # ... or, asked for, peftedu's positions: peft's forward agrees once its positions are shifted back by p
+    ours_convention = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "peft", position_convention="peftedu")
+    c = theirs(**tiny_inputs, **peft_kwargs(base, tiny_inputs["attention_mask"], P)).logits
+    assert_close_on_tokens(ours_convention(**tiny_inputs).logits, c, tiny_inputs["attention_mask"])
+    # a file written by peftedu keeps peftedu's positions, and peft reads its config without a warning
+    assert PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ours").peft_config["default"] \
+        .position_convention == "peftedu"
+    assert "position_convention" not in (tmp_path / "ours" / "adapter_config.json").read_text()
 
 
 def test_smollm2_logits_equal_peft(smollm2, tmp_path):
@@ -276,3 +286,15 @@ def test_prefix_from_text_is_the_cache_of_reading_the_text_first(smollm2):
     torch.testing.assert_close(with_prefix, read_first, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match=r"has \d tokens; num_virtual_tokens=6"):
         prefix_from_text(model, tokenizer, "sports cooking travel", 6)
+
+
+@pytest.mark.parametrize("make", [make_tiny_llama, make_tiny_bloom])
+def test_peft_positions_hold_in_generate_too(make):
+    """Under position_convention="peft" the first generated token's scores are the forward's last logits, as
+    peft's own generate would give if it kept the prefix (scripts/peft_generation_bug.py: it drops it)."""
+    ours = get_peft_model(make(), pt.PrefixTuningConfig(num_virtual_tokens=P, position_convention="peft")).eval()
+    input_ids = torch.randint(3, 128, (2, 6))
+    with torch.no_grad():
+        out = ours.generate(input_ids=input_ids, max_new_tokens=1, do_sample=False, output_scores=True,
+                            return_dict_in_generate=True)
+        torch.testing.assert_close(out.scores[0], ours(input_ids=input_ids).logits[:, -1], atol=1e-5, rtol=0)

@@ -196,6 +196,34 @@ def test_same_logits_and_files_as_peft_tiny_llama(unpadded, tiny_inputs, tmp_pat
     assert set(load_file(str(tmp_path / "ours" / "adapter_model.safetensors"))) == {"prompt_embeddings"}
 
 
+@pytest.mark.parametrize("kind", ["prompt_tuning", "p_tuning"])
+def test_a_peft_trained_prompt_gives_peft_outputs_on_left_padded_rows(kind, tiny_inputs, tmp_path):
+    """peft's forward counts positions over every slot, pads included; a file peft wrote carries that convention
+    into peftedu (position_convention="peft"), a file peftedu wrote keeps peftedu's; either can be asked for."""
+    torch.manual_seed(0)
+    config = (peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4) if kind == "prompt_tuning" else
+              peft.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, encoder_hidden_size=16))
+    theirs = peft.get_peft_model(make_tiny_llama(), config).eval()
+    randomize_prompt(theirs)
+    theirs.save_pretrained(tmp_path / "peft")
+    reference = logits(peft.PeftModel.from_pretrained(make_tiny_llama(), tmp_path / "peft").eval(), tiny_inputs)
+    loaded = PeftModel.from_pretrained(make_tiny_llama(), tmp_path / "peft").eval()
+    assert loaded.peft_config["default"].position_convention == "peft"
+    torch.testing.assert_close(logits(loaded, tiny_inputs), reference, atol=1e-5, rtol=0)  # pads included
+    ours = PeftModel.from_pretrained(make_tiny_llama(), tmp_path / "peft", position_convention="peftedu").eval()
+    assert max_diff(logits(ours, tiny_inputs)[0, 4 + 2:], reference[0, 4 + 2:]) > 1e-4  # pads shift peft's row (~7e-4)
+    alone = logits(ours, {"input_ids": tiny_inputs["input_ids"][:1, 2:]})
+    torch.testing.assert_close(logits(ours, tiny_inputs)[0, 4 + 2:], alone[0, 4:], atol=1e-5, rtol=0)
+    ours.save_pretrained(tmp_path / "ours")  # peftedu's file records peftedu's convention, out of peft's config
+    again = PeftModel.from_pretrained(make_tiny_llama(), tmp_path / "ours").eval()
+    assert again.peft_config["default"].position_convention == "peftedu"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "unexpected keyword arguments" warning from peft
+        peft.PeftConfig.from_pretrained(tmp_path / "ours")
+    with pytest.raises(ValueError, match="position_convention must be one of"):
+        PeftModel.from_pretrained(make_tiny_llama(), tmp_path / "ours", position_convention="hf")
+
+
 def test_same_logits_as_peft_tiny_bloom_and_left_padding(unpadded, tiny_inputs, tmp_path):
     """BLOOM has no position ids (ALiBi, counted from the mask): the same conventions hold."""
     ours = get_peft_model(make_tiny_bloom(), PromptTuningConfig(num_virtual_tokens=3)).eval()
@@ -302,3 +330,19 @@ def test_counts_equal_peft_and_the_tutorial(name, p):
     assert ours.get_nb_trainable_parameters()[0] == expected  # bloom: 16,384 (8 tokens), 20,480 (10)
     assert ours.peft_config["default"].token_dim == theirs.peft_config["default"].token_dim
     assert ours.peft_config["default"].num_layers == theirs.peft_config["default"].num_layers
+
+
+def test_the_peft_generation_bug_reproduction_still_reproduces(capsys):
+    """scripts/peft_generation_bug.py is the bug report for peft's maintainers; while peft 0.21.2 is locked it must
+    show both faults. If this fails after an upgrade, peft fixed it: update the notebooks' notes and the README."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "peft_generation_bug.py"
+    spec = importlib.util.spec_from_file_location("peft_generation_bug", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main() == 1
+    printed = capsys.readouterr().out
+    assert "positions fed per step [14, 9, 9, 9]" in printed  # 8 virtual tokens + 1 new token, again every step
+    assert "BUG (the prefix was dropped)" in printed
