@@ -66,6 +66,13 @@ def rounding_tolerance(dtype: torch.dtype, *, magnitude: float = 1.0, terms: int
     return headroom * eps * magnitude * math.sqrt(terms)
 
 
+def tolerance_text(atol: float) -> str:
+    """``atol=1e-05`` for a round tolerance set by hand; ``atol ≈1e-02`` for one derived from measured values
+    (:func:`rounding_tolerance` of a model's logits after training, say), whose digits vary by machine."""
+    plain = f"{atol:.0e}"
+    return f"atol={plain}" if float(plain) == atol else f"atol {measured(atol, '.0e')}"
+
+
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
@@ -84,10 +91,10 @@ def cmp(name: str, a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5, *, expe
         raise ValueError(f"expect must be 'equal' or 'different'; got {expect!r}.")
     diff = max_abs_diff(a, b)
     if expect == "equal":
-        verdict = "identical, bit for bit" if atol == 0 else f"equal within atol={atol:.0e}"
+        verdict = "identical, bit for bit" if atol == 0 else f"equal within {tolerance_text(atol)}"
         ok = diff <= atol
     else:
-        verdict = f"differ by more than atol={atol:.0e}"
+        verdict = f"differ by more than {tolerance_text(atol)}"
         ok = diff > atol
     print(f"{name:<44} {verdict}: {ok}  (max diff {measured(diff, '.1e')})")
     if not ok:
