@@ -22,8 +22,12 @@
 # %%
 %matplotlib inline
 import json
+import logging
+import warnings
 
 import matplotlib.pyplot as plt
+
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # peft imports bitsandbytes; its CPU-kernel notice is noise here
 import peft
 import torch
 import transformers
@@ -35,6 +39,8 @@ from peftedu.accounting import DecoderShape, count_parameters, memory_table, nf4
 from peftedu.models import REPO_ROOT, build_from_config, load_base, load_model_config
 
 transformers.utils.logging.disable_progress_bar()
+# transformers' deprecation notice when peft wraps a model (it prints the path of transformers on this machine)
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 torch.manual_seed(0)
 print("peftedu", peftedu.__version__, "| peft", peft.__version__, "| torch", torch.__version__)
 

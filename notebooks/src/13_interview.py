@@ -40,7 +40,8 @@ from peftedu.interview import (GLOSSARY, LEVELS, QUESTIONS, TOPICS, SelfCheck, c
 from peftedu.models import build_from_config
 
 transformers.utils.logging.disable_progress_bar()
-warnings.filterwarnings("ignore", category=FutureWarning)
+# transformers' deprecation notice about `is_gradient_checkpointing` would print the path of transformers here
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 torch.manual_seed(0)
 
 by_level = Counter(LEVELS[q.level] for q in QUESTIONS)
