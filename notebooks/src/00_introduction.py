@@ -9,19 +9,25 @@
 # * the three small tasks every notebook trains and scores on, how a record becomes a prompt, and the
 #   two padding rules that silently break fine-tuning when they are wrong;
 # * how well the base model does *before* any fine-tuning (the baseline every method must beat);
-# * the map of the series.
+# * the map of the series, and how to read its outputs: verdicts against a tolerance that follows from
+#   floating-point rounding, and the `≈` mark on numbers measured on your machine.
 #
 # Every number this notebook states is computed in a cell, and the cells `assert` what the prose claims.
 
 # %%
 %matplotlib inline
+import configparser
+import math
 import os
+import re
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 import transformers
 
 import peftedu
+from peftedu.compare import cmp, measured, rounding_tolerance
 from peftedu.accounting import (
     GB,
     LLAMA_SHAPES,
@@ -381,6 +387,86 @@ assert baseline["extract"]["score"] <= 0.5, "zero-shot exact-match JSON extracti
 # | 13 | interview preparation | — | a question bank with self-check | — |
 
 # %% [markdown]
+# ## 6. Reading the outputs: verdicts, tolerances and ≈
+#
+# From notebook 01 on, cells prove claims such as "our logits equal peft's" and print losses and scores after
+# training. Floating-point addition is not associative: `(a + b) + c` and `a + (b + c)` can round differently. A
+# matrix product adds hundreds of products, and the order it adds them in depends on the CPU's vector kernels
+# (AVX-512, AVX2, NEON), on how many threads share the work and on the library version. So the last digits of a
+# logit, a loss or a difference change from one machine to the next, even with the same seed and the same code.
+# A small example, with the same 4,096 float32 numbers on every machine, summed in three orders:
+
+# %%
+big, one = torch.tensor(1e8), torch.tensor(1.0)  # float32: 24 bits of mantissa, so 1e8 + 1 rounds back to 1e8
+print(f"(1e8 + 1) - 1e8 = {((big + one) - big).item()}    (1e8 - 1e8) + 1 = {((big - big) + one).item()}")
+assert ((big + one) - big).item() == 0.0 and ((big - big) + one).item() == 1.0
+
+n = 4096
+values = ((torch.arange(n, dtype=torch.float64) * 7919 % 1000 + 1) / 1000).float()  # 0.001 ... 1.0
+
+
+def sum_left_to_right(v):
+    total = torch.zeros((), dtype=v.dtype)
+    for x in v:
+        total = total + x
+    return total
+
+
+def sum_pairwise(v):
+    """(v0 + v1) + (v2 + v3) + ...: halve the vector until one number is left."""
+    while len(v) > 1:
+        v = v[0::2] + v[1::2]
+    return v[0]
+
+
+exact = values.double().sum().item()  # float64 holds every partial sum of these numbers exactly
+sums = {"left to right": sum_left_to_right(values), "pairwise": sum_pairwise(values), "torch.sum": values.sum()}
+print(f"exact (float64)  {exact:.6f}")
+for name, total in sums.items():
+    print(f"{name:<16} {measured(total.item(), '.6f')}  (error {measured(total.item() - exact, '.1e')})")
+assert sums["left to right"] != sums["pairwise"]  # the same numbers in another order: another float32 result
+tol = rounding_tolerance(torch.float32, magnitude=exact, terms=n)  # 10 x eps x |sum| x sqrt(4,096 additions)
+cmp("sum: left to right vs pairwise", sums["left to right"], sums["pairwise"], atol=tol)
+cmp("sum: torch.sum vs pairwise", sums["torch.sum"], sums["pairwise"], atol=tol)  # torch.sum: this CPU's order
+_ = cmp("sum: pairwise, computed twice", sum_pairwise(values), sums["pairwise"], atol=0)
+
+# %% [markdown]
+# Each addition rounds its result to within ε of its size, where ε is the dtype's machine epsilon. Two routes
+# that add the same `terms` numbers in different orders make independent rounding errors, which grow like a
+# random walk: to the order of ε · magnitude · √terms at most, where magnitude is the size of the values compared.
+# The series allows ten times that (`peftedu.compare.rounding_tolerance`):
+#
+# $$\text{atol} = \text{headroom} \cdot \varepsilon \cdot \text{magnitude} \cdot \sqrt{\text{terms}}, \qquad \text{headroom} = 10$$
+#
+# `terms` counts the additions on the path that differs, e.g. a 1,536-long sum in each of 30 layers. So:
+#
+# * `cmp(name, a, b, atol)` prints a **verdict** against that tolerance, `equal within atol=…: True`, and asserts
+#   it; `atol=0` (`identical, bit for bit`) is claimed only when both sides run the very same operations. The raw
+#   difference follows in brackets, behind `≈`. A round tolerance set by hand is printed plainly (`atol=1e-05`);
+#   one computed from measured values, like those above, is shown behind `≈` too (`atol ≈2e-01`).
+# * A number that legitimately varies by machine (a difference, a loss, a score or an answer after training, a
+#   statistic of trained weights) is printed behind `≈`: it is **measured on your machine**. Counts, shapes, dtypes
+#   and verdicts are printed plainly: they are the same everywhere.
+# * `pytest --nbval` (run by CI to check that every notebook still gives its committed outputs) compares each
+#   printed line, but `notebooks/sanitize.cfg` first replaces whatever follows `≈`, so only verdicts, counts and
+#   shapes are compared. What a cell claims is carried by its `assert` (for example `assert score >= 0.3`), which
+#   runs on every machine.
+
+# %%
+for dtype in (torch.float32, torch.bfloat16, torch.float16):
+    eps = torch.finfo(dtype).eps
+    print(f"{str(dtype):<15} eps = 2^-{-math.log2(eps):.0f} = {eps:.3g}")
+atol = rounding_tolerance(torch.float32, magnitude=30, terms=1536 * 30)  # logits up to 30, 30 layers x 1,536-long sums
+print(f"fp32 logits up to 30, 30 layers of 1,536-long sums: atol = 10 x eps x 30 x sqrt(1,536 x 30) = {atol:.1e}")
+assert atol == 10 * torch.finfo(torch.float32).eps * 30 * math.sqrt(1536 * 30)
+
+rules = configparser.ConfigParser(interpolation=None)
+rules.read(next(path for path in (Path("sanitize.cfg"), Path("notebooks/sanitize.cfg")) if path.exists()))
+line = f"topic accuracy after training {measured(0.854)} on 48 test rows"  # a score after training, for example
+print("you read:   ", line)
+print("nbval reads:", re.sub(rules["measured"]["regex"], rules["measured"]["replace"], line))
+
+# %% [markdown]
 # ## Summary
 #
 # * Full fine-tuning with AdamW in fp32 needs 16 bytes per parameter before activations: for bloom-1b4-zh's
@@ -394,6 +480,10 @@ assert baseline["extract"]["score"] <= 0.5, "zero-shot exact-match JSON extracti
 #   and left padding for generation.
 # * The baseline scores above are what every method in the series has to beat on topic and extract — and keep
 #   on retention.
+# * Floating-point sums depend on their order, so the last digits of results change with the CPU, its kernels and
+#   the thread count. The series prints verdicts against a tolerance of 10 · ε · magnitude · √terms, and shows
+#   every number measured on your machine behind `≈`; `pytest --nbval` compares the verdicts, counts and shapes,
+#   and each cell's `assert` carries its claim.
 #
 # ## Interview corner
 #

@@ -39,7 +39,7 @@ import transformers
 from safetensors.torch import load_file
 
 import peftedu
-from peftedu import IA3Config, PeftModel, cmp, get_peft_model
+from peftedu import IA3Config, PeftModel, cmp, get_peft_model, measured, rounding_tolerance
 from peftedu.accounting import count_parameters
 from peftedu.data import build_prompt, collate_for_generation, load_task
 from peftedu.ia3 import IA3Linear
@@ -177,8 +177,9 @@ l_head = l_k[:head_dim]
 position = x.shape[1] - 1
 before_rope, after_rope = rope(l_head * key_head, position), l_head * rope(key_head, position)
 l_paired = torch.cat([l_head[: head_dim // 2], l_head[: head_dim // 2]])  # l_i == l_{i + d_h/2}
-print(f"scale before vs after RoPE: max diff {(before_rope - after_rope).abs().max():.3f} (random l_k), "
-      f"{(rope(l_paired * key_head, position) - l_paired * rope(key_head, position)).abs().max():.1e} (paired l_k)")
+print(f"scale before vs after RoPE: max diff {measured((before_rope - after_rope).abs().max())} (random l_k), "
+      f"{measured((rope(l_paired * key_head, position) - l_paired * rope(key_head, position)).abs().max(), '.1e')} "
+      f"(paired l_k)")
 assert (before_rope - after_rope).abs().max() > 1e-2
 _ = cmp("RoPE commutes with a paired scale", rope(l_paired * key_head, position), l_paired * rope(key_head, position))
 
@@ -196,6 +197,9 @@ probe_rows = load_task("topic", "test").select(range(4))
 probe = collate_for_generation(tokenizer, [build_prompt(tokenizer, r["instruction"], r["input"]) for r in probe_rows])
 with torch.no_grad():
     base_logits = model(**probe).logits
+# Two routes to the same logits differ only in rounding: 30 blocks with sums up to 1,536 long, at the size of the
+# base model's logits (vectors near 1 keep them of that order). See notebook 00 for `rounding_tolerance`.
+tol_logits = rounding_tolerance(torch.float32, magnitude=base_logits.abs().max().item(), terms=n_layers * 1536)
 
 handles = []
 for i, block in enumerate(model.model.layers):
@@ -208,7 +212,7 @@ with torch.no_grad():
     scratch_logits = model(**probe).logits
 for handle in handles:
     handle.remove()
-print(f"{len(handles)} hooks; the vectors change the logits by up to {(scratch_logits - base_logits).abs().max():.2f}")
+print(f"{len(handles)} hooks; the vectors change the logits by up to {measured((scratch_logits - base_logits).abs().max(), '.2f')}")
 assert (scratch_logits - base_logits).abs().max() > 0.1
 
 
@@ -225,9 +229,9 @@ ours_model = get_peft_model(copy.deepcopy(model), IA3Config())
 theirs_model = peft.get_peft_model(copy.deepcopy(model), peft.IA3Config(task_type="CAUSAL_LM"))
 set_vectors(ours_model.base_model, "")
 set_vectors(theirs_model.base_model.model, "")
-with torch.no_grad():
-    cmp("logits: scratch (hooks) vs peftedu", scratch_logits, ours_model(**probe).logits)
-    cmp("logits: scratch (hooks) vs peft", scratch_logits, theirs_model(**probe).logits)
+with torch.no_grad():                                   # three implementations: maybe three summation orders
+    cmp("logits: scratch (hooks) vs peftedu", scratch_logits, ours_model(**probe).logits, atol=tol_logits)
+    cmp("logits: scratch (hooks) vs peft", scratch_logits, theirs_model(**probe).logits, atol=tol_logits)
 del ours_model, theirs_model
 
 # %% [markdown]
@@ -308,17 +312,17 @@ with torch.no_grad():
 print("step 0: IA3 logits == base logits (bit for bit)")
 history = train(peft_model, tokenizer, load_task("topic", "train"), lr=3e-3, progress=False)
 print(history.summary())
-print("loss per step:", " ".join(f"{loss:.3f}" for loss in history.loss))
+print("loss per step:", " ".join(measured(loss) for loss in history.loss))
 assert history.loss[-1] < history.loss[0] / 2
 plot_history(history)
 plt.show()
 
 # %%
 after = evaluate(peft_model, tokenizer, "topic")
-print(f"topic accuracy: before {before['score']:.3f} -> after {after['score']:.3f} ({after['n']} test rows)")
+print(f"topic accuracy: before {before['score']:.3f} -> after {measured(after['score'])} ({after['n']} test rows)")
 for b, a in list(zip(before["examples"], after["examples"]))[:3]:
-    print(f"- {b['input']}\n    reference {b['reference']!r}   before {b['prediction']!r}   after {a['prediction']!r}")
-assert after["score"] > before["score"]
+    print(f"- {b['input']}\n    reference {b['reference']!r}   before {b['prediction']!r}   after {measured(a['prediction'])}")
+assert after["score"] >= before["score"] + 0.3   # learned: clearly above the base model
 
 # %% [markdown]
 # ### 4.1 Inhibit or amplify? The learned vectors
@@ -340,10 +344,11 @@ ax.set_xlabel("learned scale l"); ax.set_ylabel("entries"); ax.set_title("IA3 ve
 ax.legend()
 plt.show()
 for kind, values in learned.items():
-    print(f"{kind:<10} {values.numel():>6,} entries | min {values.min():.3f} max {values.max():.3f} | "
-          f"inhibit (<1) {(values < 1).float().mean():.1%} amplify (>1) {(values > 1).float().mean():.1%}")
+    print(f"{kind:<10} {values.numel():>6,} entries | min {measured(values.min())} max {measured(values.max())} | "
+          f"inhibit (<1) {measured((values < 1).float().mean(), '.1%')} amplify (>1) {measured((values > 1).float().mean(), '.1%')}")
 all_values = torch.cat(list(learned.values()))
 assert all_values.numel() == 57_600 and (all_values != 1).any()
+assert (all_values - 1).abs().max() < 0.1     # a dozen Adam steps of lr 3e-3: every entry stays near 1
 
 # %% [markdown]
 # ## 5. Saving, reloading, and loading with HF `peft`
@@ -365,12 +370,12 @@ assert sum(t.numel() for t in saved.values()) == 57_600 and saved_config["peft_t
 
 fresh, _ = load_base()
 reloaded = PeftModel.from_pretrained(fresh, save_dir)
-with torch.no_grad():
-    cmp("reloaded (peftedu) vs trained", reloaded(**probe).logits, trained_logits)
+with torch.no_grad():                                              # the same weights through the same code
+    cmp("reloaded (peftedu) vs trained", reloaded(**probe).logits, trained_logits, atol=0)
 fresh = reloaded.unload()                                          # the plain base model again
 reloaded_by_peft = peft.PeftModel.from_pretrained(fresh, save_dir).eval()
-with torch.no_grad():
-    cmp("reloaded (HF peft) vs trained", reloaded_by_peft(**probe).logits, trained_logits)
+with torch.no_grad():                                              # another library: maybe another order
+    cmp("reloaded (HF peft) vs trained", reloaded_by_peft(**probe).logits, trained_logits, atol=tol_logits)
 fresh = reloaded_by_peft.unload()
 del reloaded, reloaded_by_peft
 
@@ -393,8 +398,9 @@ _ = cmp("down_proj: merged W vs W * l[None, :] (columns)", merged_model.model.la
     W_down * l_ff_trained)
 with torch.no_grad():
     merged_logits = merged_model(**probe).logits
-print(f"logits are up to {trained_logits.abs().max():.1f} in size; W·l rounds differently from (x W)·l, over 30 layers")
-_ = cmp("merged vs unmerged logits", merged_logits, trained_logits, atol=1e-3)
+print(f"logits are up to {measured(trained_logits.abs().max(), '.1f')} in size; W·l rounds differently from (x W)·l, "
+      f"over 30 layers with sums up to 1,536 long")
+_ = cmp("merged vs unmerged logits", merged_logits, trained_logits, atol=tol_logits)
 same_structure = [type(m).__name__ for m in merged_model.modules()] == [type(m).__name__ for m in fresh.modules()]
 print(f"merged model: {type(merged_model).__name__}, {count_parameters(merged_model)[1]:,} parameters, "
       f"same module types as the base model: {same_structure}")
