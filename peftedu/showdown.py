@@ -381,8 +381,10 @@ def serving_verdict(serving: dict) -> str:
     if diff == 0.0:
         return "the same logits, bit for bit"
     if "dtype" not in serving or "max_abs_logit" not in serving:  # an older run recorded neither
-        return (f"logits within {diff:.1e} of each other, against {serving['adapters_differ_by']:.1f} between two "
-                "adapters (its dtype was not recorded, so no rounding tolerance is stated)")
+        between = serving.get("adapters_differ_by")
+        return (f"logits within {diff:.1e} of each other"
+                + (f", against {between:.1f} between two adapters" if between is not None else "")
+                + " (its dtype was not recorded, so no rounding tolerance is stated)")
     tol = rounding_tolerance(getattr(torch, serving["dtype"]), magnitude=serving["max_abs_logit"])
     relation = "within" if diff <= tol else "beyond"
     return (f"logits {relation} {serving['dtype']} rounding: max difference {diff:.1e} against a tolerance of "

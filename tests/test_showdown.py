@@ -132,7 +132,9 @@ def test_random_weights_take_the_named_tokenizer_and_are_never_scored(tmp_path, 
     monkeypatch.setenv("PEFTEDU_TOKENIZER", str(tmp_path / "tok"))
     settings = sd.Settings(model="smollm2-1.7b", random_weights=True, device="meta")
     model, loaded, weights = sd.load_model(settings)
-    assert weights.startswith("random") and str(tmp_path / "tok") in weights
+    # the folder is named by its role, not its path: a results table is read on other machines
+    assert weights.startswith("random") and weights.endswith("tokenizer: PEFTEDU_TOKENIZER folder")
+    assert str(tmp_path) not in weights
     assert len(loaded) == model.config.vocab_size == 49152
     assert sd.baseline_scores(settings) == {"score": None, "retention": None, "eval_rows": 0}
     with pytest.raises(ValueError, match="32000 embeddings but the tokenizer"):  # SmolLM2 ids overflow TinyLlama
