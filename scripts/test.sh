@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, offline, on the CPU: unit tests, then every notebook under nbval (strict).
-#   bash scripts/test.sh             # both (about 25 min on 2 cores)
-#   bash scripts/test.sh unit        # the unit tests only (about 8 min); extra arguments go to pytest
-#   bash scripts/test.sh notebooks   # the notebooks only (about 15 min)
+#   bash scripts/test.sh             # both (about 30 min on 2 cores)
+#   bash scripts/test.sh unit        # the unit tests only (about 9 min); extra arguments go to pytest
+#   bash scripts/test.sh notebooks   # the notebooks only (about 19 min)
 # nbval compares every committed output with a fresh run; notebooks/sanitize.cfg blanks what legitimately varies
 # (timings, memory, and every value printed behind "≈"), so the check holds on any CPU and thread count.
 set -euo pipefail
