@@ -14,7 +14,8 @@ One setting picks the model everywhere in the course: the ``name`` argument, els
   ``data/model_configs/`` -- on the meta device by default, so shapes, parameter counts and memory
   of the real 1B-class models can be shown without downloading a byte.
 
-Conventions: one device helper (cuda -> mps -> cpu); bf16 on a GPU, fp32 on the CPU.
+Conventions: one device helper (cuda -> mps -> cpu) and one precision helper (:func:`pick_precision`:
+fp32 on the CPU, bf16 on a GPU that has it, fp16 with loss scaling on one that does not).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import importlib.util
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -63,9 +65,55 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+@dataclass(frozen=True)
+class Precision:
+    """How a run stores and computes: the base model's dtype, and whether the loss is scaled.
+
+    ``dtype`` is what :func:`load_base` loads the weights in. With ``float16`` (a GPU without bf16,
+    such as the T4) :func:`peftedu.training.train` keeps the trainable parameters in fp32, runs the
+    forward pass under fp16 autocast and scales the loss (``torch.amp.GradScaler``): fp16's smallest
+    normal number is 6e-5, and small gradients would otherwise flush to zero.
+    """
+
+    name: str  # "fp32", "bf16" or "fp16"
+    dtype: torch.dtype
+    loss_scaling: bool
+    reason: str
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_precision(device: torch.device | str | None = None, override: str | None = None) -> Precision:
+    """The one precision helper: fp32 on the CPU, bf16 on a GPU that has it, else fp16 with loss scaling.
+
+    ``override`` (else ``PEFTEDU_PRECISION``): ``fp32``, ``bf16`` or ``fp16``, for a learner who wants
+    another choice (fp32 on a small GPU, or fp16 on a bf16 GPU to rehearse a T4 run).
+    """
+    device = pick_device(device)
+    override = override or os.environ.get("PEFTEDU_PRECISION")
+    if override:
+        key = override.strip().lower()
+        if key not in PRECISIONS:
+            raise ValueError(f"Unknown precision {override!r} (from PEFTEDU_PRECISION or override): "
+                             f"choose one of {', '.join(PRECISIONS)}.")
+        return Precision(key, PRECISIONS[key], key == "fp16", "chosen by PEFTEDU_PRECISION")
+    if device.type == "cpu":
+        return Precision("fp32", torch.float32, False, "CPU: bf16 matrix products are slow and lossy there")
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) >= (8, 0):
+            return Precision("bf16", torch.bfloat16, False,
+                             f"GPU compute capability {major}.{minor} >= 8.0 (Ampere or newer) has bf16")
+        return Precision("fp16", torch.float16, True,
+                         f"GPU compute capability {major}.{minor} < 8.0 (e.g. T4, V100) has no fast bf16: "
+                         "fp16 with fp32 trainable parameters and loss scaling")
+    return Precision("fp32", torch.float32, False, f"{device.type}: fp32 (the safe choice)")
+
+
 def default_dtype(device: torch.device | str) -> torch.dtype:
-    """bf16 on an accelerator, fp32 on the CPU (CPU bf16 matmuls are slow and lossy)."""
-    return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+    """The base model's dtype on ``device``: :func:`pick_precision`'s (fp32 on the CPU, bf16 or fp16 on a GPU)."""
+    return pick_precision(device).dtype
 
 
 def model_name(name: str | None = None) -> str:
@@ -214,4 +262,62 @@ def build_from_config(name: str, device: str | torch.device = "meta", dtype: tor
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.name_or_path = name
+    model.config.peftedu_random_weights = True  # random or no weights: is_pretrained(model) is False
     return model.eval()
+
+
+#: Tiny random-weight stand-ins for the architectures learners pick (for CI and offline trials):
+#: Llama-style (SmolLM2, TinyLlama), Qwen2-style (biases on q/k/v, untied embeddings, GQA 4:1) and
+#: BLOOM-style (fused query_key_value, ALiBi instead of rotary positions, tied embeddings).
+TINY_ARCHITECTURES = {
+    "llama": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2),
+    "qwen2": dict(model_type="qwen2", hidden_size=64, intermediate_size=160, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=False),
+    "bloom": dict(model_type="bloom", hidden_size=64, n_layer=4, n_head=4),
+}
+
+
+def write_random_model(folder, arch: str, *, tokenizer_from: str | None = None, seed: int = 0,
+                       dtype: torch.dtype = torch.float32) -> Path:
+    """Write a random-weight model folder (config, weights, tokenizer) that ``PEFTEDU_MODEL`` can name.
+
+    ``arch``: a key of :data:`TINY_ARCHITECTURES` (a few layers of width 64: seconds on a CPU) or a
+    shipped config name (``tinyllama-1.1b``, ``qwen2.5-1.5b``, ...: the real architecture, random weights,
+    for a GPU run without the hub). The tokenizer is ``tokenizer_from``'s (default: the bundled
+    SmolLM2-135M's); the embedding table grows to the tokenizer's size when it is smaller.
+    Random weights learn nothing useful: such a model checks that code *runs*, never what it scores.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(folder)
+    source = resolve_source(tokenizer_from)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if arch in TINY_ARCHITECTURES:
+        spec = dict(TINY_ARCHITECTURES[arch])
+        config = AutoConfig.for_model(spec.pop("model_type"), vocab_size=len(tokenizer), **spec)
+    elif (data_dir() / "model_configs" / f"{arch}.json").exists():
+        config = load_model_config(arch)
+        config.vocab_size = max(config.vocab_size, len(tokenizer))
+    else:
+        known = sorted(TINY_ARCHITECTURES) + sorted(p.stem for p in (data_dir() / "model_configs").glob("*.json"))
+        raise ValueError(f"Unknown architecture {arch!r} for a random model; known: {', '.join(known)}.")
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(config, name, getattr(tokenizer, name))
+    config.peftedu_random_weights = True  # saved in config.json: notebooks read it with is_pretrained()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def is_pretrained(model) -> bool:
+    """False for a model written by :func:`write_random_model` (or built by :func:`build_from_config`):
+    scores after training mean something only for pretrained weights, so notebooks check this first."""
+    config = getattr(model, "config", None)
+    return not getattr(config, "peftedu_random_weights", False)

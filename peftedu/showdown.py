@@ -127,6 +127,9 @@ def load_model(settings: Settings):
         model = LlamaForCausalLM(config).eval()
         model.name_or_path = "tiny-random"
         return model, tokenizer, "random (tiny smoke model)"
+    if settings.random_weights and Path(str(settings.model)).is_dir():  # written by scripts/random_model.py
+        model, tokenizer = load_base(settings.model, device=settings.device)
+        return model, tokenizer, f"random (a {model.config.model_type} folder from scripts/random_model.py)"
     if settings.random_weights:
         from .models import load_model_config
         from transformers import AutoTokenizer
@@ -602,6 +605,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--smoke", action="store_true",
                         help="the whole pipeline on a tiny random model: 2 steps, 4 eval rows, one process, "
                              "about 2 minutes (CI)")
+    parser.add_argument("--max-steps", type=int, default=None, metavar="N",
+                        help="train each method for N steps instead of the profile's (e.g. to measure peak memory)")
+    parser.add_argument("--throughput", action="store_true",
+                        help="instead: time LoRA, HF peft's LoRA and full fine-tuning on packed sequences at a realistic "
+                             "length, with MFU (peftedu/throughput.py; random weights of --model, a shipped config)")
+    parser.add_argument("--seq-len", type=int, default=2048, help="--throughput: tokens per packed sequence")
+    parser.add_argument("--batch-size", type=int, default=8, help="--throughput: sequences per step")
+    parser.add_argument("--steps", type=int, default=10, help="--throughput: timed steps per method")
     parser.add_argument("--worker", nargs=3, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
 
@@ -614,13 +625,21 @@ def main(args) -> None:
         return
     from .training import get_profile
 
+    if args.throughput:
+        from .throughput import main as throughput_main
+
+        return throughput_main(args)
     if args.smoke:
         settings = Settings(model="tiny-random", task=args.task, profile="quick", max_steps=2, eval_rows=4,
                             latency_rows=2, latency_repeats=1, device="cpu")
     else:
-        settings = Settings(model=args.model or os.environ.get("PEFTEDU_MODEL"), task=args.task,
+        model = args.model or os.environ.get("PEFTEDU_MODEL")
+        config = Path(str(model)) / "config.json"
+        if config.exists() and json.loads(config.read_text()).get("peftedu_random_weights"):
+            args.random_weights = True  # a random-weight folder: nothing to score, the run measures cost only
+        settings = Settings(model=model, task=args.task,
                             profile=get_profile(args.profile).name, device=args.device, seed=args.seed,
-                            random_weights=args.random_weights)
+                            random_weights=args.random_weights, max_steps=args.max_steps)
     command = "python -m peftedu showdown " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["showdown"] else [])
     log = None if args.smoke else Path(args.log or Path(args.out) / "showdown_runs.jsonl")
     result = showdown(settings, methods=args.methods, with_peft=not args.no_peft, isolate=not args.smoke,

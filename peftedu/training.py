@@ -35,7 +35,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -98,7 +98,15 @@ def get_profile(name: str | Profile | None = None) -> Profile:
     if name.strip().lower() not in PROFILES:
         raise ValueError(f"Unknown profile {name!r} (from --profile or PEFTEDU_PROFILE); choose one of "
                          f"{sorted(PROFILES)} (any case).")
-    return PROFILES[name.strip().lower()]
+    profile = PROFILES[name.strip().lower()]
+    cap = os.environ.get("PEFTEDU_MAX_STEPS")  # a pass that only checks the code runs (scripts/run_series.py)
+    if cap:
+        if not cap.isdigit() or int(cap) < 1:
+            raise ValueError(f"PEFTEDU_MAX_STEPS={cap!r}: give a whole number of steps, at least 1, or unset it.")
+        steps = min(profile.max_steps, int(cap))
+        profile = replace(profile, max_steps=steps, warmup_steps=min(profile.warmup_steps, steps - 1),
+                          eval_rows=min(profile.eval_rows or 16, 16))
+    return profile
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,8 +194,11 @@ def _count_label_tokens(batch: dict) -> int:
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
-def accumulate_gradients(model: torch.nn.Module, micro_batches: Sequence[dict]) -> tuple[float, int]:
+def accumulate_gradients(model: torch.nn.Module, micro_batches: Sequence[dict], scaler=None) -> tuple[float, int]:
     """Backward over the micro-batches of one optimizer step; returns (mean loss, label tokens).
+
+    ``scaler`` (a ``torch.amp.GradScaler``, for an fp16 base model): the forward pass runs under fp16
+    autocast and the loss is multiplied by the scale before ``backward``.
 
     Each ``model(...).loss`` is a mean over its own label tokens ``n_i``; scaling it by ``n_i / N``
     (``N = sum n_i``) makes the summed gradient that of the mean over all ``N`` tokens.
@@ -200,8 +211,11 @@ def accumulate_gradients(model: torch.nn.Module, micro_batches: Sequence[dict]) 
         n = _count_label_tokens(batch)
         if n == 0:
             continue
-        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
-        (loss * (n / total)).backward()
+        with torch.autocast(batch["input_ids"].device.type, dtype=torch.float16, enabled=scaler is not None):
+            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         labels=batch["labels"]).loss
+        scaled = loss * (n / total)
+        (scaled if scaler is None else scaler.scale(scaled)).backward()
         step_loss += loss.item() * n / total
     return step_loss, total
 
@@ -239,6 +253,16 @@ def train(model, tokenizer, train_data, *, profile: str | Profile | None = None,
     trainable = [param for param in model.parameters() if param.requires_grad]
     if not trainable:
         raise ValueError("The model has no parameter with requires_grad=True: nothing to train.")
+    scaler = None
+    if any(param.dtype == torch.float16 for param in model.parameters()):
+        # fp16 (a GPU without bf16, see models.pick_precision): AdamW on fp16 weights loses small updates and
+        # small gradients underflow. The standard recipe: fp32 trainable parameters, fp16 autocast, loss scaling.
+        if optimizer is not None and any(param.dtype == torch.float16 for param in trainable):
+            raise ValueError("fp16 trainable parameters: let train() build the optimizer (it first moves them to "
+                             "fp32 for loss scaling), or cast them to fp32 yourself before making the optimizer.")
+        for param in trainable:
+            param.data = param.data.float()  # HF peft already keeps adapters in fp32 (autocast_adapter_dtype)
+        scaler = torch.amp.GradScaler(trainable[0].device.type)
     if optimizer is None:
         optimizer = torch.optim.AdamW(trainable, lr=p.lr if lr is None else lr,
                                       weight_decay=p.weight_decay if weight_decay is None else weight_decay)
@@ -278,10 +302,16 @@ def train(model, tokenizer, train_data, *, profile: str | Profile | None = None,
                 for i in range(0, len(step_examples), batch_size)
             ]
             history.lr.append(optimizer.param_groups[0]["lr"])
-            loss, _ = accumulate_gradients(model, micro_batches)
+            loss, _ = accumulate_gradients(model, micro_batches, scaler)
+            if scaler is not None:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             if max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
-            optimizer.step()
+            if scaler is None:
+                optimizer.step()
+            else:  # skips the step when a gradient overflowed, and adapts the scale
+                scaler.step(optimizer)
+                scaler.update()
             scheduler.step()
             if hasattr(model, "update_and_allocate"):  # AdaLoRA: reads the gradients, so before zero_grad
                 model.update_and_allocate(len(history.loss) + 1)

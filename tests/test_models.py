@@ -66,7 +66,54 @@ def test_device_and_dtype_helpers():
     if not torch.cuda.is_available():
         assert models.pick_device().type in {"cpu", "mps"}
     assert models.default_dtype("cpu") is torch.float32
-    assert models.default_dtype("cuda") is torch.bfloat16
+
+
+@pytest.mark.parametrize("capability,name,dtype,scaled", [
+    ((9, 0), "bf16", torch.bfloat16, False),   # H100 / H200
+    ((8, 0), "bf16", torch.bfloat16, False),   # A100
+    ((8, 6), "bf16", torch.bfloat16, False),   # RTX 3090 / A10
+    ((7, 5), "fp16", torch.float16, True),     # T4 (Colab, Kaggle): no bf16
+    ((7, 0), "fp16", torch.float16, True),     # V100
+])
+def test_precision_follows_the_gpu(monkeypatch, capability, name, dtype, scaled):
+    """The capability query is faked, so the GPU branches are checked on a CPU-only machine."""
+    monkeypatch.delenv("PEFTEDU_PRECISION", raising=False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    precision = models.pick_precision("cuda")
+    assert (precision.name, precision.dtype, precision.loss_scaling) == (name, dtype, scaled)
+    assert models.default_dtype("cuda") is dtype
+    assert models.pick_precision("cpu").dtype is torch.float32  # the CPU is never asked about the GPU
+
+
+def test_precision_override(monkeypatch):
+    monkeypatch.setenv("PEFTEDU_PRECISION", "fp16")
+    assert models.pick_precision("cpu").dtype is torch.float16 and models.pick_precision("cpu").loss_scaling
+    monkeypatch.setenv("PEFTEDU_PRECISION", "int8")
+    with pytest.raises(ValueError, match="Unknown precision 'int8'.*fp32, bf16, fp16"):
+        models.pick_precision("cpu")
+
+
+@pytest.mark.parametrize("arch,model_type", [("qwen2", "qwen2"), ("bloom", "bloom"), ("llama", "llama")])
+def test_random_model_folder_loads_like_any_model(tmp_path, monkeypatch, arch, model_type):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = models.write_random_model(tmp_path / arch, arch)
+    model, tokenizer = models.load_base(str(folder), device="cpu")
+    assert model.config.model_type == model_type and not models.is_pretrained(model)
+    assert model.get_input_embeddings().num_embeddings >= len(tokenizer)
+    ids = tokenizer("hello world", return_tensors="pt")
+    assert model(**ids).logits.shape[-1] == model.config.vocab_size
+    with pytest.raises(ValueError, match="Unknown architecture 'gpt9'.*qwen2"):
+        models.write_random_model(tmp_path / "x", "gpt9")
+
+
+def test_shipped_config_random_model_keeps_the_architecture(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = models.load_model_config("qwen2.5-1.5b")
+    config.num_hidden_layers, config.layer_types = 1, config.layer_types[:1]  # the shape of one layer is enough here; write_random_model reads the name
+    monkeypatch.setattr(models, "load_model_config", lambda name: config)
+    folder = models.write_random_model(tmp_path / "q", "qwen2.5-1.5b", dtype=torch.bfloat16)
+    model, _ = models.load_base(str(folder), device="cpu")
+    assert model.config.hidden_size == 1536 and model.config.vocab_size == 151936 and not models.is_pretrained(model)
 
 
 @pytest.mark.parametrize("name,total", [

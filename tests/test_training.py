@@ -57,6 +57,36 @@ def lora(model, seed=0):
 
 
 # --- profiles, seeds, schedule -----------------------------------------------------------------
+def test_max_steps_cap(monkeypatch):
+    monkeypatch.setenv("PEFTEDU_MAX_STEPS", "3")
+    profile = get_profile("full")
+    assert (profile.max_steps, profile.warmup_steps, profile.eval_rows) == (3, 2, 16)
+    monkeypatch.setenv("PEFTEDU_MAX_STEPS", "0")
+    with pytest.raises(ValueError, match="PEFTEDU_MAX_STEPS='0'"):
+        get_profile()
+
+
+def test_fp16_trains_with_fp32_adapters_and_loss_scaling(tokenizer):
+    """A T4 has no bf16: the base model is fp16, train() keeps the trainable weights in fp32, runs fp16
+    autocast and scales the loss. Checked on the CPU (autocast and GradScaler exist for it too)."""
+    import peftedu
+
+    model = peftedu.get_peft_model(tiny_model(tokenizer), peftedu.LoraConfig(
+        r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])).to(torch.float16)  # adapters fp16 too, at first
+    rows = load_task("topic", "train").select(range(16))
+    history = train(model, tokenizer, rows, max_steps=4, batch_size=4, grad_accum=1, lr=1e-2, progress=False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert all(p.dtype == torch.float32 for p in trainable) and all(p.dtype == torch.float16 for p in frozen)
+    assert all(math.isfinite(loss) for loss in history.loss)
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)  # B left zero: it stepped
+    with pytest.raises(ValueError, match="fp16 trainable parameters"):
+        model2 = peftedu.get_peft_model(tiny_model(tokenizer), peftedu.LoraConfig(
+            r=8, lora_alpha=16, target_modules=["q_proj"])).to(torch.float16)
+        opt = torch.optim.AdamW([p for p in model2.parameters() if p.requires_grad])
+        train(model2, tokenizer, rows, max_steps=1, optimizer=opt, progress=False)
+
+
 def test_profiles(monkeypatch):
     monkeypatch.delenv("PEFTEDU_PROFILE", raising=False)
     assert get_profile().name == "quick" and get_profile("full") is PROFILES["full"]

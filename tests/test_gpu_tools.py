@@ -1,0 +1,56 @@
+"""The GPU-facing course tools, checked on the CPU: the throughput benchmark's FLOP count and a tiny run,
+and the memory table's estimate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from peftedu import gpu_memory, throughput
+from peftedu.accounting import DecoderShape
+from peftedu.models import build_from_config, load_model_config
+
+
+def test_flop_count_follows_palm():
+    config = load_model_config("tinyllama-1.1b")
+    model = build_from_config("tinyllama-1.1b")  # meta: shapes only
+    n = throughput.matmul_params(model)
+    # every linear of 22 blocks + lm_head: the parameters minus embeddings and norms
+    norms = config.num_hidden_layers * 2 * config.hidden_size + config.hidden_size
+    assert n == sum(p.numel() for p in model.parameters()) - config.vocab_size * config.hidden_size - norms
+    attention = 12 * 22 * 2048 * 1024
+    assert throughput.flops_per_token(config, n, 1024, trainable_matmul=n, adapter=0) == 6 * n + attention
+    assert throughput.flops_per_token(config, n, 1024, trainable_matmul=0, adapter=1000) == 4 * n + 6000 + attention
+
+
+@pytest.mark.slow
+def test_throughput_runs_every_method_on_the_cpu():
+    result = throughput.measure("smollm2-135m", seq_len=16, batch_size=1, steps=1, warmup=1, device="cpu")
+    assert [r["method"] for r in result["rows"]] == ["full", "lora", "lora (peft)"]
+    assert all(r["loss_finite"] and r["step_s"] > 0 and r["mfu"] is None for r in result["rows"])
+    lora, peft_lora = result["rows"][1], result["rows"][2]
+    assert lora["trainable"] == peft_lora["trainable"] and lora["flops_per_token"] == peft_lora["flops_per_token"]
+    assert "| lora (peft) |" in throughput.to_markdown(result)
+    with pytest.raises(ValueError, match="seq_len must be a positive integer"):
+        throughput.measure("smollm2-135m", seq_len=0)
+
+
+def test_memory_estimate_orders_the_methods(tmp_path):
+    config = load_model_config("tinyllama-1.1b")
+    shape = gpu_memory.shape_of(config, "tinyllama")
+    assert shape.n_params() == 1_100_048_384 and isinstance(shape, DecoderShape)
+    total = shape.n_params()
+    rows = [{"method": "full", "impl": "peftedu", "trainable": total, "total": total, "peak_memory_mb": 20_000},
+            {"method": "lora", "impl": "peftedu", "trainable": 6_000_000, "total": total + 6_000_000,
+             "peak_memory_mb": 5_000},
+            {"method": "qlora", "impl": "peftedu", "trainable": 6_000_000, "total": total + 6_000_000,
+             "peak_memory_mb": None}]
+    full, lora, qlora = (gpu_memory.estimate(r, shape, batch_size=16, seq_len=128) for r in rows)
+    assert full > lora > qlora > 0
+    assert full - lora > 0.9 * total * 6 / 1e9  # bf16 grads + 2 bf16 AdamW states of every weight
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"rows": rows}))
+    text = gpu_memory.table({"TinyLlama": path}, {"TinyLlama": config}, batch_size=16, seq_len=128)
+    assert "| full |" in text and "| 20.0 |" in text and "| qlora |" in text and "| – |" in text
