@@ -30,6 +30,7 @@ have a bias), so this format is peftedu's own: ``peft_type`` "BITFIT", tensors s
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 from torch import nn
@@ -211,7 +212,8 @@ class BitFitTuner(Tuner):
 
     def after_unload(self, model: nn.Module) -> None:
         """Declare added biases in a Llama-style config (``attention_bias``, ``mlp_bias``): otherwise
-        ``save_pretrained`` writes them but ``from_pretrained`` builds bias-free layers and drops them."""
+        ``save_pretrained`` writes them but ``from_pretrained`` builds bias-free layers and drops them.
+        Warns when the config has no such flag for some of them (Qwen2's o_proj and MLP, for one)."""
         config = getattr(model, "config", None)
         for flag, part in (("attention_bias", "self_attn"), ("mlp_bias", "mlp")):
             if config is None or getattr(config, flag, True):
@@ -219,3 +221,30 @@ class BitFitTuner(Tuner):
             if any(f".{part}." in f".{name}." and isinstance(m, nn.Linear) and m.bias is not None
                    for name, m in model.named_modules()):
                 setattr(config, flag, True)
+        missing = undeclared_biases(model)
+        if missing:
+            warnings.warn(
+                f"{len(missing)} merged biases (e.g. {missing[:2]}) sit on layers that "
+                f"{getattr(config, 'model_type', type(model).__name__)!r} models are built without, and its config "
+                "has no flag to declare them: from_pretrained of a saved copy would drop them silently. Keep the "
+                "BitFit adapter separate (PeftModel.from_pretrained) or save the merged model with torch.save.",
+                stacklevel=3)
+
+
+def undeclared_biases(model: nn.Module) -> list[str]:
+    """Modules of ``model`` that have a bias but that transformers would build without one from
+    ``model.config`` (built on the meta device): biases a saved and reloaded copy would lose."""
+    from transformers import AutoModelForCausalLM
+
+    config = getattr(model, "config", None)
+    if config is None:
+        return []
+    try:
+        with torch.device("meta"):
+            fresh = AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError):  # not an auto-loadable causal LM: nothing to compare with
+        return []
+    fresh_modules = dict(fresh.named_modules())
+    return [name for name, module in model.named_modules()
+            if isinstance(module, linear_like_types()) and module.bias is not None
+            and name in fresh_modules and fresh_modules[name].bias is None]

@@ -13,6 +13,9 @@ until a browser shows them.
 * :func:`lora_memory` / :func:`memory_estimates` -- the memory those counts imply, through
   :func:`peftedu.accounting.estimate_training_memory`.
 * :func:`lora_rank_explorer` and :func:`memory_explorer` -- the widgets.
+* :func:`architecture` and :func:`decoder_layers` -- a model's shape read from its config under one set of
+  names (Llama's ``num_key_value_heads``, BLOOM's ``n_head``, ...), and its list of decoder blocks, so a
+  notebook derives its numbers and layer indices instead of assuming the default model's.
 """
 
 from __future__ import annotations
@@ -108,6 +111,78 @@ def match_target_modules(model: nn.Module, target_modules: Iterable[str] | str) 
             f"Name linear layers instead: {linear_suffixes(model)}."
         )
     return matched
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What a notebook needs to know about a decoder, under one set of names for every model type."""
+
+    model_type: str
+    n_layers: int
+    hidden: int
+    mlp_hidden: int  #: width of the MLP's hidden layer (Llama's intermediate_size, BLOOM's 4 x hidden)
+    n_heads: int
+    n_kv_heads: int  #: key/value heads (= n_heads without grouped-query attention)
+    vocab: int
+    tied_embeddings: bool
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.n_heads
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of the keys (and of the values): n_kv_heads x head_dim."""
+        return self.n_kv_heads * self.head_dim
+
+    def describe(self) -> str:
+        return (f"layers {self.n_layers}, hidden size {self.hidden}, MLP size {self.mlp_hidden}, "
+                f"query heads {self.n_heads}, key/value heads {self.n_kv_heads}, "
+                f"vocabulary {self.vocab:,}, tied embeddings {self.tied_embeddings}")
+
+
+def architecture(model_or_config) -> Architecture:
+    """The decoder's shape from a model or its config, whatever the model type calls each number.
+
+    Raises ValueError naming the missing field when the config lacks one (e.g. an encoder-decoder config)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+
+    def get(what, *names, default=None):
+        for name in names:
+            value = getattr(config, name, None)
+            if value is not None:
+                return value
+        if default is not None:
+            return default
+        raise ValueError(f"{type(config).__name__} (model_type {getattr(config, 'model_type', None)!r}) has no "
+                         f"{what} (looked for {', '.join(names)}): peftedu.explorers.architecture reads decoder-only "
+                         "causal LMs such as Llama, Qwen2, Mistral, BLOOM and GPT-2.")
+
+    hidden = get("the hidden size", "hidden_size", "n_embd", "d_model")
+    n_heads = get("the number of attention heads", "num_attention_heads", "n_head")
+    return Architecture(
+        model_type=str(getattr(config, "model_type", "")),
+        n_layers=get("the number of layers", "num_hidden_layers", "n_layer", "num_layers"),
+        hidden=hidden,
+        mlp_hidden=get("the MLP width", "intermediate_size", "n_inner", "ffn_dim", default=4 * hidden),
+        n_heads=n_heads,
+        n_kv_heads=get("the key/value heads", "num_key_value_heads", default=n_heads),
+        vocab=get("the vocabulary size", "vocab_size"),
+        tied_embeddings=bool(getattr(config, "tie_word_embeddings", True)),
+    )
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's list of decoder blocks (``model.layers`` of Llama/Qwen2, ``transformer.h`` of BLOOM/GPT-2):
+    the first ``nn.ModuleList`` as long as the config's number of layers."""
+    n_layers = architecture(model).n_layers
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    raise ValueError(f"{type(model).__name__} has no nn.ModuleList of {n_layers} decoder blocks "
+                     "(its config's number of layers); pass a transformers causal LM.")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ HF peft has no BitFit, so the invariants are tested instead of parity.
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -196,3 +197,25 @@ def test_merged_bitfit_on_llama_saves_and_reloads_with_its_learned_biases(tmp_pa
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids).logits, trained, atol=1e-5, rtol=1e-5)
+
+
+def _tiny_qwen2():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2)).eval()
+
+
+def test_merged_bitfit_warns_about_biases_a_qwen2_config_cannot_declare():
+    """Qwen2 has biases on q/k/v only and no config flag for the others: merging names what a reload would drop."""
+    with pytest.warns(UserWarning, match="from_pretrained of a saved copy would drop them"):
+        merged = get_peft_model(_tiny_qwen2(), bitfit.BitFitConfig()).merge_and_unload()
+    merged_names = bitfit.undeclared_biases(merged)
+    assert {name.rsplit(".", 1)[-1] for name in merged_names} == {"o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert len(merged_names) == 2 * 4
+    # the q/k/v biases the architecture has are declared; so is everything on Llama (config flags) and BLOOM
+    for make in (make_tiny_llama, make_tiny_bloom):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert bitfit.undeclared_biases(get_peft_model(make(), bitfit.BitFitConfig()).merge_and_unload()) == []

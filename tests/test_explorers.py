@@ -113,3 +113,28 @@ def test_widgets_build_headless_and_react(capsys):
     out = capsys.readouterr().out
     assert "qlora" in out and "full-mixed" in out
     matplotlib.pyplot.close("all")
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("smollm2-135m", dict(n_layers=30, hidden=576, mlp_hidden=1536, n_heads=9, n_kv_heads=3, kv_dim=192)),
+    ("bloom-1b4-zh", dict(n_layers=24, hidden=2048, mlp_hidden=8192, n_heads=16, n_kv_heads=16, kv_dim=2048)),
+    ("qwen2.5-1.5b", dict(n_layers=28, hidden=1536, mlp_hidden=8960, n_heads=12, n_kv_heads=2, kv_dim=256)),
+])
+def test_architecture_reads_every_model_type_under_one_set_of_names(name, expected):
+    from peftedu.explorers import architecture, decoder_layers
+
+    model = build_from_config(name)
+    arch = architecture(model)
+    assert {key: getattr(arch, key) for key in expected} == expected
+    assert architecture(model.config) == arch
+    layers = decoder_layers(model)
+    assert len(layers) == arch.n_layers and layers is (model.transformer.h if name.startswith("bloom") else model.model.layers)
+
+
+def test_architecture_names_what_is_missing():
+    from transformers import PretrainedConfig
+
+    from peftedu.explorers import architecture
+
+    with pytest.raises(ValueError, match="hidden size"):
+        architecture(PretrainedConfig())

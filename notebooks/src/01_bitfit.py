@@ -21,6 +21,7 @@
 %matplotlib inline
 import copy
 import json
+import math
 import logging
 import tempfile
 import warnings
@@ -38,10 +39,11 @@ from torch import nn
 
 from peftedu import BitFitConfig, PeftModel, get_peft_model
 from peftedu.accounting import count_parameters, print_trainable_parameters
-from peftedu.bitfit import BitFitLayer
+from peftedu.bitfit import BitFitLayer, undeclared_biases
 from peftedu.compare import cmp, measured, rounding_tolerance
 from peftedu.data import TrainingCollator, build_prompt, collate_for_generation, load_task, tokenize_example
-from peftedu.models import build_from_config, load_base
+from peftedu.explorers import architecture, decoder_layers, linear_suffixes
+from peftedu.models import DEFAULT_MODEL, build_from_config, is_pretrained, load_base, model_name
 from peftedu.training import evaluate, generate_answers, get_profile, plot_history, train
 
 transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in the notebook
@@ -52,12 +54,19 @@ model, tokenizer = load_base()
 # Tolerances of the comparisons (notebook 00, section 6): two routes that add the same numbers in another order (a
 # bias inside the matrix product vs added after it, a merged weight) round differently, and the model's layers carry
 # that to the logits. rounding_tolerance = 10 x eps(dtype) x magnitude x sqrt(terms).
-MODEL_TERMS = model.config.intermediate_size * model.config.num_hidden_layers  # 30 layers x 1,536-long sums
+arch = architecture(model)  # the model's shape from its config (notebook 00)
+MODEL_TERMS = arch.mlp_hidden * arch.n_layers  # SmolLM2-135M, the default: 30 layers x 1,536-long sums
 
 
 def model_tol(values):
     """Tolerance for ``values`` computed through the whole model by two routes that round differently."""
     return rounding_tolerance(model.dtype, magnitude=values.abs().max().item(), terms=MODEL_TERMS)
+
+
+def same_output(a, b):
+    """Adding an exact zero changes no bit; on a GPU a layer with a bias may take another matrix kernel than one
+    without, which adds the same products in another order: there, equal up to rounding."""
+    return torch.equal(a, b) if model.device.type == "cpu" else (a - b).abs().max().item() <= model_tol(b)
 
 
 print(f"{model.name_or_path}: {count_parameters(model)[1]:,} parameters on {model.device} in {model.dtype}, "
@@ -170,15 +179,22 @@ del bert_large
 #
 # Llama-family models (SmolLM2, TinyLlama, Llama itself) were built without biases: `bias=False` in every linear
 # layer, and RMSNorm instead of LayerNorm — a norm with a scale γ and no β. Apply the tutorial's recipe to the
-# course's model and it trains nothing:
+# course's model and it trains nothing. (The cell shows the model in use: Qwen2 has biases on its query, key and value
+# projections only, BLOOM everywhere; the meta-device SmolLM2 below is the default's architecture in any case.)
 
 # %%
 bias_names = [name for name, _ in model.named_parameters() if "bias" in name]
-block = model.model.layers[0]
+block = decoder_layers(model)[0]
+block_linears = {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
+first_norm = next(m for m in block.modules() if "norm" in type(m).__name__.lower())  # before the attention
 print("parameters with 'bias' in their name:", len(bias_names))
-print("layer 0:", {name: m.bias is None for name, m in block.named_modules() if isinstance(m, nn.Linear)}, "(bias is None)")
-print("norms:", type(block.input_layernorm).__name__, [n for n, _ in block.input_layernorm.named_parameters()])
-assert bias_names == [] and all(m.bias is None for m in model.modules() if isinstance(m, nn.Linear))
+print("layer 0:", {name: m.bias is None for name, m in block_linears.items()}, "(bias is None)")
+print("norms:", type(first_norm).__name__, [n for n, _ in first_norm.named_parameters()])
+if bias_names:  # Qwen2 (q, k, v), BLOOM (everywhere): plain BitFit trains these, and the rest need added biases
+    print(f"{arch.model_type} has {sum(model.get_parameter(n).numel() for n in bias_names):,} bias entries: "
+          "plain BitFit would train those; section 3 adds zero biases where a linear layer has none")
+else:  # the Llama family, SmolLM2 the default
+    assert all(m.bias is None for m in model.modules() if isinstance(m, nn.Linear))
 
 smol_meta = build_from_config("smollm2-135m")  # the same architecture on the meta device
 refused = False
@@ -199,15 +215,16 @@ assert refused
 # line checks that identity on the real layer 0:
 
 # %%
-x = torch.randn(2, 5, model.config.hidden_size, device=model.device)
-beta = torch.randn(model.config.hidden_size, device=model.device)
-q_proj = block.self_attn.q_proj
+x = torch.randn(2, 5, arch.hidden, device=model.device, dtype=model.dtype)
+beta = torch.randn(arch.hidden, device=model.device, dtype=model.dtype)
+first_name, first_linear = next(iter(block_linears.items()))  # q_proj (Llama, Qwen2), query_key_value (BLOOM)
+short_name = first_name.rsplit(".", 1)[-1]
 with torch.no_grad():
-    beta_inside = q_proj(block.input_layernorm(x) + beta)
-    beta_after = q_proj(block.input_layernorm(x)) + q_proj.weight @ beta
-# equal up to the rounding of sums of 576 products (notebook 00, section 6)
-cmp("q_proj(norm(x) + β) == q_proj(norm(x)) + W β", beta_inside, beta_after,
-    atol=rounding_tolerance(model.dtype, magnitude=beta_inside.abs().max().item(), terms=model.config.hidden_size))
+    beta_inside = first_linear(first_norm(x) + beta)
+    beta_after = first_linear(first_norm(x)) + first_linear.weight @ beta
+# equal up to the rounding of sums of hidden-size products (576 on SmolLM2; notebook 00, section 6)
+cmp(f"{short_name}(norm(x) + β) == {short_name}(norm(x)) + W β", beta_inside, beta_after,
+    atol=rounding_tolerance(model.dtype, magnitude=beta_inside.abs().max().item(), terms=arch.hidden))
 
 # %% [markdown]
 # ## 3. BitFit from scratch, in three steps
@@ -217,19 +234,25 @@ cmp("q_proj(norm(x) + β) == q_proj(norm(x)) + W β", beta_inside, beta_after,
 # ### Step 1: give one layer a zero bias
 #
 # `nn.Linear` adds `self.bias` when it is not `None`, so adding a bias is assigning a parameter. With zeros the
-# output does not change — not approximately: adding exact zeros changes no bit.
+# output does not change — not approximately: adding exact zeros changes no bit. The layer is the first one of block 0
+# without a bias (`q_proj` on SmolLM2; a model with biases everywhere, such as BLOOM, has none to give one).
 
 # %%
 scratch = copy.deepcopy(model)
-layer = scratch.model.layers[0].self_attn.q_proj
-x = torch.randn(3, 7, layer.in_features, device=model.device)
-with torch.no_grad():
-    before_bias = layer(x)
-    layer.bias = nn.Parameter(torch.zeros(layer.out_features, device=model.device, dtype=layer.weight.dtype))
-    after_bias = layer(x)
-print(layer, "| bias", tuple(layer.bias.shape))
-assert layer.bias.shape == (layer.out_features,)
-assert torch.equal(after_bias, before_bias)  # zero bias: bit-identical
+scratch_block = decoder_layers(scratch)[0]
+bias_less = [name for name, m in scratch_block.named_modules() if isinstance(m, nn.Linear) and m.bias is None]
+layer = scratch_block.get_submodule(bias_less[0]) if bias_less else None
+if layer is None:
+    print(f"every linear layer of {arch.model_type}'s blocks has a bias already: no bias to add")
+else:
+    x = torch.randn(3, 7, layer.in_features, device=model.device, dtype=model.dtype)
+    with torch.no_grad():
+        before_bias = layer(x)
+        layer.bias = nn.Parameter(torch.zeros(layer.out_features, device=model.device, dtype=layer.weight.dtype))
+        after_bias = layer(x)
+    print(layer, "| bias", tuple(layer.bias.shape))
+    assert layer.bias.shape == (layer.out_features,)
+    assert same_output(after_bias, before_bias)  # zero bias: bit-identical (on the CPU)
 
 # %% [markdown]
 # ### Step 2: every linear layer but the head
@@ -245,19 +268,22 @@ def add_zero_biases(module: nn.Module, skip=("lm_head",)) -> int:
     return added
 
 
-added = add_zero_biases(scratch) + layer.out_features  # layer 0's q_proj got its bias in step 1
-cfg = model.config
-kv_dim = cfg.num_key_value_heads * cfg.hidden_size // cfg.num_attention_heads
-per_block = {"q_proj": cfg.hidden_size, "k_proj": kv_dim, "v_proj": kv_dim, "o_proj": cfg.hidden_size,
-             "gate_proj": cfg.intermediate_size, "up_proj": cfg.intermediate_size, "down_proj": cfg.hidden_size}
+added = add_zero_biases(scratch) + (layer.out_features if layer is not None else 0)  # step 1's layer has its bias
+per_block = {name.rsplit(".", 1)[-1]: m.out_features for name, m in block_linears.items() if m.bias is None}
 print("biases per block:", per_block, "=", sum(per_block.values()))
-print(f"{cfg.num_hidden_layers} blocks x {sum(per_block.values()):,} = {added:,} new bias entries")
-assert added == cfg.num_hidden_layers * sum(per_block.values()) == 155_520
-assert scratch.lm_head.bias is None
+print(f"{arch.n_layers} blocks x {sum(per_block.values()):,} = {added:,} new bias entries")
+assert added == arch.n_layers * sum(per_block.values())
+# the widths follow from the config: queries and outputs d wide, keys and values n_kv_heads x head_dim, the MLP's
+llama_widths = {"q_proj": arch.hidden, "k_proj": arch.kv_dim, "v_proj": arch.kv_dim, "o_proj": arch.hidden,
+                "gate_proj": arch.mlp_hidden, "up_proj": arch.mlp_hidden, "down_proj": arch.hidden}
+assert all(width == llama_widths[name] for name, width in per_block.items() if name in llama_widths)
+if model_name() == DEFAULT_MODEL:
+    assert added == 155_520  # SmolLM2-135M: 30 x (576 + 192 + 192 + 576 + 1536 + 1536 + 576)
+assert scratch.get_output_embeddings().bias is None
 
 # %% [markdown]
-# Grouped-query attention makes `k_proj` and `v_proj` narrow (3 key/value heads of 64: 192 outputs), and the MLP's
-# two 1536-wide projections hold most of the biases.
+# On SmolLM2-135M, the default, grouped-query attention makes `k_proj` and `v_proj` narrow (3 key/value heads of 64:
+# 192 outputs), and the MLP's two 1536-wide projections hold most of the biases.
 #
 # ### Step 3: freeze everything but the biases
 #
@@ -272,8 +298,10 @@ def mark_only_biases_trainable(module: nn.Module) -> None:
 
 mark_only_biases_trainable(scratch)
 print_trainable_parameters(scratch)
-assert count_parameters(scratch) == (155_520, count_parameters(model)[1] + 155_520)
-assert torch.equal(logits_of(scratch), base_logits)  # zero biases: the same model, bit for bit
+n_bitfit = count_parameters(scratch)[0]  # the biases the model had, plus the added ones: 155,520 on SmolLM2
+own_biases = sum(p.numel() for name, p in model.named_parameters() if name.endswith(".bias"))
+assert count_parameters(scratch) == (own_biases + added, count_parameters(model)[1] + added)
+assert same_output(logits_of(scratch), base_logits)  # zero biases: the same model, bit for bit (on the CPU)
 
 collate = TrainingCollator(tokenizer)
 train_data = load_task("topic", "train")
@@ -307,7 +335,8 @@ assert all(scratch.get_parameter(name).grad.abs().sum() > 0 for name in with_gra
 # additions can do (exercise 4 shows the difference is rounding).
 
 # %%
-theirs_config = peft.BeftConfig(target_modules=list(per_block))
+targets = linear_suffixes(model)  # every linear layer but the head: the seven projections on SmolLM2
+theirs_config = peft.BeftConfig(target_modules=targets)
 ours = get_peft_model(copy.deepcopy(model), BitFitConfig())
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # BEFT warns once per layer that a bias-less layer cannot be merged
@@ -315,12 +344,18 @@ with warnings.catch_warnings():
 for name, m in (("scratch", scratch), ("peftedu", ours), ("peft BEFT", theirs)):
     print(f"{name:<10}", end=" ")
     print_trainable_parameters(m)
-assert count_parameters(ours)[0] == count_parameters(theirs)[0] == count_parameters(scratch)[0]
 
 bitfit_layers = {name: m for name, m in ours.base_model.named_modules() if isinstance(m, BitFitLayer)}
 beft_layers = {name.replace("base_model.model.", "", 1): m for name, m in theirs.named_modules()
                if hasattr(m, "beft_bias") and "default" in m.beft_bias}
-assert set(bitfit_layers) == set(beft_layers) and len(bitfit_layers) == 7 * cfg.num_hidden_layers
+# BEFT wraps nn.Linear only: a LayerNorm's bias (BLOOM) is trained by peftedu and the scratch model, not by BEFT
+not_in_beft = {name: layer for name, layer in bitfit_layers.items() if not isinstance(layer.base_layer, nn.Linear)}
+if not_in_beft:
+    print(f"BEFT wraps nn.Linear only: {sum(l.bitfit_bias['default'].numel() for l in not_in_beft.values()):,} "
+          f"LayerNorm biases of {len(not_in_beft)} layers are not in its count, and keep their values below")
+assert count_parameters(ours)[0] == count_parameters(scratch)[0] == n_bitfit
+assert count_parameters(theirs)[0] + sum(l.bitfit_bias["default"].numel() for l in not_in_beft.values()) == n_bitfit
+assert set(beft_layers) == set(bitfit_layers) - set(not_in_beft) and len(beft_layers) == len(targets) * arch.n_layers
 
 # gradients at step 0, on the same training batch
 ours.train()
@@ -330,19 +365,20 @@ scratch_grads = torch.cat([scratch.get_submodule(n).bias.grad.flatten() for n in
 ours_grads = torch.cat([bitfit_layers[n].bitfit_bias["default"].grad.flatten() for n in bitfit_layers])
 cmp("step-0 bias gradients: scratch vs peftedu", scratch_grads, ours_grads, atol=model_tol(scratch_grads))
 
-# the same random biases in all three
+# the same random biases in all three (BEFT adds a delta to a layer's own bias, where it has one: Qwen2's q, k, v)
 torch.manual_seed(1)
 with torch.no_grad():
-    for name, layer in bitfit_layers.items():
-        random_bias = 0.05 * torch.randn(layer.bias_shape, device=model.device)
+    for name, layer in beft_layers.items():
+        random_bias = 0.05 * torch.randn(bitfit_layers[name].bias_shape, device=model.device)
+        own_bias = layer.base_layer.bias
         scratch.get_submodule(name).bias.copy_(random_bias)
-        layer.bitfit_bias["default"].copy_(random_bias)
-        beft_layers[name].beft_bias["default"].copy_(random_bias.view(1, -1))
+        bitfit_layers[name].bitfit_bias["default"].copy_(random_bias)
+        layer.beft_bias["default"].copy_((random_bias - (0 if own_bias is None else own_bias.float())).view(1, -1))
 scratch_logits = logits_of(scratch)
 ours_logits = logits_of(ours)
 cmp("logits: peftedu vs peft (BEFT)", ours_logits, logits_of(theirs), atol=model_tol(ours_logits))
 cmp("logits: scratch vs peftedu", scratch_logits, ours_logits, atol=model_tol(ours_logits))
-assert (scratch_logits - base_logits).abs().max() > 0.1  # the random biases did change the model
+assert (scratch_logits - base_logits).abs().max() > model_tol(base_logits)  # the random biases changed the model
 del scratch, ours, theirs
 
 # %% [markdown]
@@ -387,14 +423,18 @@ print(f"zero-shot topic accuracy: {before['score']:.3f} on {before['n']} test ro
 
 peft_model = get_peft_model(model, BitFitConfig())  # wraps `model` in place
 peft_model.print_trainable_parameters()
-assert peft_model.get_nb_trainable_parameters()[0] == 155_520
+assert peft_model.get_nb_trainable_parameters()[0] == n_bitfit  # 155,520 on SmolLM2
 assert torch.equal(logits_of(peft_model), base_logits)  # zero biases: training starts from the base model
 
 history = train(peft_model, tokenizer, train_data, lr=LEARNING_RATE, progress=False)
 print(history.summary())
 plot_history(history)
 plt.show()
-assert history.loss[-1] < history.loss[0] / 3
+if is_pretrained(model):
+    assert history.loss[-1] < history.loss[0] / 3
+else:
+    print("random weights: checked that the loss stayed finite (and, below, that every bias moved)")
+    assert all(math.isfinite(loss) for loss in history.loss)
 
 # %%
 after = evaluate(peft_model, tokenizer, "topic")
@@ -403,7 +443,10 @@ print(f"topic accuracy: zero-shot {before['score']:.3f} -> after BitFit {measure
 for b, a in list(zip(before["examples"], after["examples"]))[:4]:
     print(f"- {b['input']}\n    reference {b['reference']!r}   before {b['prediction']!r}   "
           f"after {measured(a['prediction'])}")
-assert after["score"] >= before["score"] + 0.5
+if is_pretrained(model):
+    assert after["score"] >= before["score"] + 0.5
+else:
+    print("random weights: the score is not a claim here (section 5 checked that training ran)")
 
 # %% [markdown]
 # A sentence the model has never seen, with the adapter switched off (`disable_adapter()`: the base model) and on:
@@ -415,7 +458,11 @@ with peft_model.disable_adapter():
     answer_before = generate_answers(peft_model, tokenizer, [new_prompt], max_new_tokens=16)[0]
 answer_after = generate_answers(peft_model, tokenizer, [new_prompt], max_new_tokens=16)[0]
 print(f"base model: {answer_before!r}\nBitFit:     {measured(answer_after)}")
-assert answer_after.strip().lower() == "travel"
+if is_pretrained(model):
+    assert answer_after.strip().lower() == "travel"
+else:
+    print("random weights: the answer is noise; checked only that both generations returned text")
+    assert isinstance(answer_before, str) and isinstance(answer_after, str)
 
 # %% [markdown]
 # 155,520 numbers — 0.12 % of the model, each one a constant shift — turn a model that talks *about* the labels into
@@ -452,8 +499,9 @@ for path in sorted(save_dir.iterdir()):
     print(f"{path.name:<30} {path.stat().st_size:>10,} bytes")
 print(len(saved), "tensors, e.g.", next(iter(sorted(saved))), tuple(saved[sorted(saved)[0]].shape))
 saved_config = json.loads((save_dir / "adapter_config.json").read_text())
-assert saved_config["peft_type"] == "BITFIT" and len(saved) == 7 * cfg.num_hidden_layers
-assert sum(t.numel() for t in saved.values()) == 155_520
+n_layers_wrapped = sum(isinstance(m, BitFitLayer) for m in peft_model.modules())  # 7 x 30 on SmolLM2
+assert saved_config["peft_type"] == "BITFIT" and len(saved) == n_layers_wrapped
+assert sum(t.numel() for t in saved.values()) == n_bitfit  # 155,520 on SmolLM2
 
 trained_logits = logits_of(peft_model)
 fresh, _ = load_base()
@@ -469,15 +517,24 @@ del reloaded, fresh
 # below; exercise 5 shows what happens without them).
 
 # %%
-merged = peft_model.merge_and_unload()
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # on Qwen2, merge_and_unload warns about the biases checked just below
+    merged = peft_model.merge_and_unload()
 print("bias parameters in the merged model:", sum(1 for n, _ in merged.named_parameters() if n.endswith(".bias")))
 cmp("merged vs trained", logits_of(merged), trained_logits, atol=model_tol(trained_logits))
-assert merged.config.attention_bias and merged.config.mlp_bias  # set by merge_and_unload: q..o, gate..down have biases
-merged_dir = Path(tempfile.mkdtemp()) / "smollm2-topic-bitfit-merged"
-merged.save_pretrained(merged_dir)
-plain = transformers.AutoModelForCausalLM.from_pretrained(merged_dir, dtype=merged.dtype).to(merged.device).eval()
-_ = cmp("reloaded with transformers alone", logits_of(plain), logits_of(merged))
-assert isinstance(plain.model.layers[0].mlp.down_proj.bias, nn.Parameter)
+lost = undeclared_biases(merged)  # biases that a model built from the config would not have
+if lost:  # Qwen2: its config has no flag for biases on o_proj and the MLP
+    print(f"{arch.model_type}'s config cannot declare {len(lost)} of the merged biases (e.g. {lost[0]}): "
+          "transformers would build those layers without a bias and drop the learned values, so the merged model is "
+          "not reloaded here; the adapter file of section 6 keeps them")
+else:
+    if hasattr(merged.config, "mlp_bias"):  # Llama-style: set by merge_and_unload, q..o and gate..down have biases
+        assert merged.config.attention_bias and merged.config.mlp_bias
+    merged_dir = Path(tempfile.mkdtemp()) / "smollm2-topic-bitfit-merged"
+    merged.save_pretrained(merged_dir)
+    plain = transformers.AutoModelForCausalLM.from_pretrained(merged_dir, dtype=merged.dtype).to(merged.device).eval()
+    _ = cmp("reloaded with transformers alone", logits_of(plain), logits_of(merged))
+    assert all(isinstance(m.bias, nn.Parameter) for m in decoder_layers(plain)[0].modules() if isinstance(m, nn.Linear))
 
 # %% [markdown]
 # ## Summary
