@@ -285,3 +285,28 @@ def test_bad_training_calls_raise(tmp_path):
     with pytest.raises(ValueError, match="matched no module"):
         get_peft_model(make_tiny_llama(), AdaLoraConfig(**{**TINY, "target_modules": ["qkv"]}))
     assert isinstance(model.base_model.model.embed_tokens, nn.Embedding)
+
+
+@pytest.mark.parametrize("model_type, targets", [("qwen2", ["q_proj", "v_proj"]), ("bloom", ["query_key_value"])])
+def test_logits_and_loss_match_peft_on_qwen2_and_bloom(model_type, targets, tiny_inputs, tmp_path):
+    """Notebook 09 wraps peft's default targets of any architecture: biases on q/k/v (Qwen2), a fused
+    query_key_value with a bias (BLOOM). The SVD-form layer adds its update to x W^T + b, as peft does."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = {"qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=1, tie_word_embeddings=False),
+            "bloom": dict(hidden_size=32, n_layer=2, n_head=4)}[model_type]
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, vocab_size=128, **spec)).eval()
+    labels = tiny_inputs["input_ids"].masked_fill(tiny_inputs["attention_mask"] == 0, -100)
+    config = dict(TINY, target_modules=targets)
+    ours = get_peft_model(copy.deepcopy(base), AdaLoraConfig(**config)).eval()
+    randomize(ours)
+    ours.save_pretrained(tmp_path / "ours")
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ours", is_trainable=True).eval()
+    assert max_diff(logits(ours, tiny_inputs), logits(base, tiny_inputs)) > 1e-2  # the adapter changes the output
+    torch.testing.assert_close(logits(ours, tiny_inputs), logits(theirs, tiny_inputs), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours(**tiny_inputs, labels=labels).loss, theirs(**tiny_inputs, labels=labels).loss,
+                               atol=1e-5, rtol=0)
+    theirs_model = peft.get_peft_model(copy.deepcopy(base), peft.AdaLoraConfig(**config, task_type="CAUSAL_LM"))
+    assert ours.get_nb_trainable_parameters()[0] == theirs_model.get_nb_trainable_parameters()[0]
