@@ -250,6 +250,8 @@ def run_one(method_name: str, impl: str, settings: Settings) -> dict:
     set_seed(settings.seed)
     wrapped, optimizer = attach(model, tokenizer, method, impl, settings, profile)
     trainable, total = count_parameters(wrapped)
+    # what is resident before training (weights, adapters): the peak below is measured above it
+    resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
     history = train(wrapped, tokenizer, load_task(settings.task, "train"), profile=profile,
                     max_steps=settings.max_steps, optimizer=optimizer,
                     lr=None if optimizer is not None else method.lr, seed=settings.seed, progress=False)
@@ -274,6 +276,7 @@ def run_one(method_name: str, impl: str, settings: Settings) -> dict:
         "time_per_step_s": step_s, "tokens_per_s": tokens_per_step / step_s,
         "peak_memory_mb": None if history.peak_memory_bytes is None else history.peak_memory_bytes / 1e6,
         "memory_method": history.peak_memory_method,
+        "resident_mb": None if resident is None else resident / 1e6,
         "loss_first": history.loss[0], "loss_last": history.loss[-1],
         "score": None if score is None else score["score"], "eval_rows": None if score is None else score["n"],
         "retention": None if retention is None else retention["score"],

@@ -7,6 +7,7 @@
 #   3. the peak training memory of every method at TinyLlama-1.1B and Qwen2.5-1.5B in the full profile
 #      (4 steps each: the peak is reached at the first optimizer step), for notebook 12's memory table;
 #   4. the throughput benchmark: full fine-tuning, LoRA and HF peft's LoRA on packed 2,048-token sequences.
+# `bash scripts/gpu_check.sh short` runs 4 and the memory of every method at TinyLlama-1.1B only (about 3 minutes).
 # Carried along: .whl (the course's pinned pure-Python wheels and Jupyter), .gpu/bnb (bitsandbytes with its CUDA 13
 # library only), .gpu/tok (a tokenizer folder). The machine's own torch (a CUDA build) is used.
 set -uo pipefail
@@ -23,6 +24,32 @@ export PYTHONUNBUFFERED=1 PEFTEDU_CACHE=/tmp/peftedu-cache
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, transformers, peft, bitsandbytes, nbclient; print('torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| bitsandbytes', bitsandbytes.__version__, '| cuda', torch.version.cuda, '| capability', torch.cuda.get_device_capability())"
 lap installed
+if [ "${1:-}" = short ]; then  # what fits in 3 minutes: 4, then the peak memory of every method at TinyLlama-1.1B
+    OMP_NUM_THREADS=6 python3 scripts/random_model.py tinyllama-1.1b /tmp/tinyllama-1.1b-random --tokenizer .gpu/tok \
+        --dtype bf16 > /tmp/write.log 2>&1 &
+    timeout 75 python3 -m peftedu showdown --throughput --model tinyllama-1.1b --device cuda --out /tmp/tp
+    cp /tmp/tp/throughput_*.json "$OUT/throughput.json" 2>/dev/null
+    lap "throughput done"
+    wait
+    methods=$(python3 -c "from peftedu.showdown import METHODS; print(' '.join(METHODS))")
+    echo "$methods" | tr ' ' '\n' | xargs -P 8 -I{} timeout 70 python3 -m peftedu showdown --model /tmp/tinyllama-1.1b-random \
+        --profile full --max-steps 2 --no-peft --no-serving --device cuda --methods {} --out /tmp/mem/{} > /tmp/mem.log 2>&1
+    python3 - "$OUT/memory_tinyllama-1.1b.json" <<'PY'
+import glob, json, sys
+rows, first = [], None
+for path in sorted(glob.glob("/tmp/mem/*/showdown_gpu_*.json")):
+    data = json.load(open(path))
+    first = first or data
+    rows += data["rows"]
+if first:
+    first["rows"] = rows
+    json.dump(first, open(sys.argv[1], "w"), indent=1)
+print(len(rows), "method rows")
+PY
+    tail -20 /tmp/mem.log
+    lap "memory done"
+    exit 0
+fi
 python3 scripts/random_model.py qwen2.5-1.5b /tmp/qwen2.5-1.5b-random --tokenizer .gpu/tok --dtype bf16 &
 python3 scripts/random_model.py tinyllama-1.1b /tmp/tinyllama-1.1b-random --tokenizer .gpu/tok --dtype bf16 &
 wait
