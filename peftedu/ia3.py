@@ -40,6 +40,22 @@ IA3_FEEDFORWARD_MODULES = {"llama": ["down_proj"], "mistral": ["down_proj"], "qw
                            "bloom": ["mlp.dense_4h_to_h"]}
 
 
+def default_ia3_targets(model_or_type) -> tuple[list[str], list[str]]:
+    """peft's default IA3 ``(target_modules, feedforward_modules)`` for a model (or a ``model_type`` string).
+
+    Llama: k_proj, v_proj, down_proj (feed-forward down_proj); Qwen2: q_proj, v_proj, down_proj (peft's table
+    scales the queries there, not the keys); BLOOM: the fused query_key_value and mlp.dense_4h_to_h. An
+    architecture without an entry raises, naming the known ones: pass ``target_modules`` yourself then.
+    """
+    model_type = model_or_type if isinstance(model_or_type, str) else \
+        getattr(getattr(model_or_type, "config", None), "model_type", None)
+    if model_type not in IA3_TARGET_MODULES:
+        raise ValueError(f"No default IA3 target_modules for model_type {model_type!r} (known: "
+                         f"{sorted(IA3_TARGET_MODULES)}); pass target_modules=[...] and feedforward_modules=[...] "
+                         "yourself (the key/value projections and the FFN's down projection).")
+    return list(IA3_TARGET_MODULES[model_type]), list(IA3_FEEDFORWARD_MODULES[model_type])
+
+
 @register_config
 @dataclasses.dataclass
 class IA3Config(PeftConfig):

@@ -297,7 +297,7 @@ QUESTIONS: tuple[Question, ...] = (
        "(N, h, T, T+p): every real token's query attends to the p prefix keys and the T real keys; the prefix "
        "has no queries of its own. With grouped-query attention the prefix keys and values are stored per "
        "key/value head and repeated to the query heads like the model's own keys.",
-       [(N04, "2. Every shape, step by step, on SmolLM2 (real tensors)")],
+       [(N04, "2. Every shape, step by step, on the model in use (real tensors)")],
        terms=("前缀微调",),
        choices=("(N, h, T, T+p)", "(N, h, T+p, T+p)", "(N, h, T, T)", "(N, h, T+p, T)"), correct=0),
     _q("reparameterization", "prefix-tuning", 2,

@@ -145,7 +145,8 @@ class AdaptionPromptTuner(Tuner):
         if not names:
             raise ValueError(f"target_modules={config.target_modules!r} matches no module of "
                              f"{type(model).__name__}; LLaMA-Adapter wraps Llama-style attention modules "
-                             "('self_attn' in Llama, Mistral, Qwen2).")
+                             "('self_attn' in Llama, Mistral, Qwen2): separate q/k/v/o projections and rotary "
+                             "positions. A fused query_key_value with ALiBi positions (BLOOM) does not fit it.")
         if len(names) < config.adapter_layers:
             raise ValueError(f"adapter_layers={config.adapter_layers} but the model has only {len(names)} "
                              f"'{config.target_modules}' layers; pick at most {len(names)}.")

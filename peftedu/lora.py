@@ -26,6 +26,29 @@ from .config import PeftConfig, check_positive, register_config
 from .tuners import AdapterLayer, Tuner, find_target_modules, module_device, register_tuner, replace_module
 
 
+# model_type -> (the LoRA paper's query/value choice, every attention projection). The first list is HF peft's
+# TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING; BLOOM fuses q, k and v into one query_key_value.
+LORA_TARGET_MODULES = {
+    **{t: (["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]) for t in ("llama", "mistral", "qwen2")},
+    "bloom": (["query_key_value"], ["query_key_value", "dense"]),
+}
+
+
+def default_lora_targets(model_or_type, which: str = "qv") -> list[str]:
+    """LoRA ``target_modules`` for a model (or a ``model_type`` string): ``which="qv"`` the query and value
+    projections (Llama/Qwen2 ``q_proj, v_proj``; BLOOM its fused ``query_key_value``), ``which="attention"``
+    every attention projection (``q_proj ... o_proj``; BLOOM ``query_key_value, dense``)."""
+    if which not in ("qv", "attention"):
+        raise ValueError(f"which must be 'qv' or 'attention', got {which!r}.")
+    model_type = model_or_type if isinstance(model_or_type, str) else \
+        getattr(getattr(model_or_type, "config", None), "model_type", None)
+    if model_type not in LORA_TARGET_MODULES:
+        raise ValueError(f"No default LoRA target_modules for model_type {model_type!r} (known: "
+                         f"{sorted(LORA_TARGET_MODULES)}); pass target_modules=[...] with the names of its linear "
+                         "layers (peftedu.explorers.linear_suffixes lists them) or 'all-linear'.")
+    return list(LORA_TARGET_MODULES[model_type][0 if which == "qv" else 1])
+
+
 @register_config
 @dataclasses.dataclass
 class LoraConfig(PeftConfig):

@@ -60,18 +60,38 @@ def _as_model(model_or_config) -> nn.Module:
                      f"got {type(model_or_config).__name__}.")
 
 
+def _is_attention(module: nn.Module) -> bool:
+    return all(hasattr(module, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")) or \
+        (hasattr(module, "query_key_value") and hasattr(module, "dense"))
+
+
+def attention_layers(model: nn.Module) -> list[nn.Module]:
+    """The attention module of every layer, in order: Llama/Qwen2's ``self_attn`` (``q_proj`` ... ``o_proj``)
+    or BLOOM's ``self_attention`` (fused ``query_key_value``, ``dense``). A ValueError names what is missing."""
+    found = [module for module in model.modules() if _is_attention(module)]
+    if not found:
+        raise ValueError(f"No attention layer found in {type(model).__name__}: expected modules with "
+                         "q_proj/k_proj/v_proj/o_proj (Llama, Qwen2) or query_key_value/dense (BLOOM).")
+    return found
+
+
+def attention_projections(attention: nn.Module):
+    """(q, k, v, out) of one attention module: q/k/v map x (N, T, d_model) to (N, T, heads * d_h); ``out`` is
+    the output projection module (``o_proj``, BLOOM's ``dense``). BLOOM's fused ``query_key_value`` is laid out
+    per head as ``[q | k | v]`` and is split accordingly (what its ``_reshape`` does)."""
+    if not _is_attention(attention):
+        raise ValueError(f"{type(attention).__name__} is not an attention module with q_proj/k_proj/v_proj/o_proj "
+                         "or query_key_value/dense; pass one of attention_layers(model).")
+    if hasattr(attention, "q_proj"):
+        return attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj
+    fused, heads = attention.query_key_value, attention.num_heads  # BLOOM: (N, T, h * 3 * d_h)
+    split = lambda x, i: fused(x).view(*x.shape[:2], heads, 3, -1)[..., i, :].flatten(2)
+    return (lambda x: split(x, 0)), (lambda x: split(x, 1)), (lambda x: split(x, 2)), attention.dense
+
+
 def _first_attention(model: nn.Module):
     """(q, k, v, out) callables of the first attention layer: Llama-style or BLOOM's fused projection."""
-    for module in model.modules():
-        if all(hasattr(module, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
-            return module.q_proj, module.k_proj, module.v_proj, module.o_proj
-        if hasattr(module, "query_key_value") and hasattr(module, "dense"):
-            fused = module.query_key_value  # BLOOM: per head [q | k | v], (N, T, h * 3 * d_h)
-            heads = module.num_heads
-            split = lambda x, i: fused(x).view(*x.shape[:2], heads, 3, -1)[..., i, :].flatten(2)
-            return (lambda x: split(x, 0)), (lambda x: split(x, 1)), (lambda x: split(x, 2)), module.dense
-    raise ValueError(f"No attention layer found in {type(model).__name__}: expected q_proj/k_proj/v_proj/o_proj "
-                     "(Llama, Qwen2) or query_key_value/dense (BLOOM).")
+    return attention_projections(attention_layers(model)[0])
 
 
 def prefix_shape_walkthrough(model_or_config, batch: int = 2, seq_len: int = 5,

@@ -177,3 +177,44 @@ def test_bf16_base_keeps_fp32_vectors_and_merges(tiny_inputs):
     merged = ours.merge_and_unload()
     assert merged.model.layers[0].mlp.down_proj.weight.dtype == torch.bfloat16
     torch.testing.assert_close(_logits(merged, tiny_inputs), before, rtol=0.05, atol=0.05)
+
+
+def _tiny_qwen2(seed: int = 0):
+    """A random 2-layer Qwen2: biases on q/k/v, untied embeddings, GQA 4:1 (peft's IA3 default scales q_proj)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=1, pad_token_id=0,
+                                        bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)).eval()
+
+
+def test_default_targets_per_architecture_and_a_clear_error():
+    from peft.utils.constants import (TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as PEFT_FF,
+                                      TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as PEFT_TARGETS)
+
+    for model_type in ("llama", "qwen2", "bloom", "mistral"):
+        assert ia3.default_ia3_targets(model_type) == (PEFT_TARGETS[model_type], PEFT_FF[model_type])
+    assert ia3.default_ia3_targets(make_tiny_bloom()) == (["query_key_value", "mlp.dense_4h_to_h"],
+                                                          ["mlp.dense_4h_to_h"])
+    with pytest.raises(ValueError, match="No default IA3 target_modules for model_type 'gpt2'.*known"):
+        ia3.default_ia3_targets("gpt2")
+
+
+def test_qwen2_same_logits_as_peft_and_merges_the_bias(tiny_inputs):
+    ours = get_peft_model(_tiny_qwen2(), ia3.IA3Config())
+    theirs = peft.get_peft_model(_tiny_qwen2(), peft.IA3Config(task_type="CAUSAL_LM"))
+    assert ours.get_nb_trainable_parameters() == theirs.get_nb_trainable_parameters()
+    assert ours.get_nb_trainable_parameters()[0] == 2 * (32 + 8 + 64)  # q_proj out, v_proj out, down_proj in
+    _randomize(ours)
+    with torch.no_grad():
+        for name, param in theirs.named_parameters():
+            if "ia3_l" in name:
+                param.copy_(ours.get_parameter(name.replace("base_model.model.", "", 1)))
+    torch.testing.assert_close(_logits(ours, tiny_inputs), _logits(theirs, tiny_inputs), rtol=0, atol=1e-5)
+    q_proj = ours.base_model.model.layers[0].self_attn.q_proj
+    bias, scale = q_proj.base_layer.bias.detach().clone(), q_proj.ia3_l["default"].detach().flatten()
+    unmerged = _logits(ours, tiny_inputs)
+    merged = ours.merge_and_unload()
+    torch.testing.assert_close(merged.model.layers[0].self_attn.q_proj.bias, bias * scale)  # the output's bias scaled
+    torch.testing.assert_close(_logits(merged, tiny_inputs), unmerged, rtol=0, atol=1e-5)

@@ -111,3 +111,10 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="Llama-style attention"):
         get_peft_model(make_tiny_bloom(), la.AdaptionPromptConfig(adapter_len=4, adapter_layers=1,
                                                                   target_modules="self_attention"))
+
+
+def test_bloom_refusal_names_the_reason():
+    """The notebook prints this message on BLOOM: it must say what LLaMA-Adapter needs and what BLOOM has."""
+    with pytest.raises(ValueError, match="rotary") as info:
+        get_peft_model(make_tiny_bloom(), la.AdaptionPromptConfig(adapter_len=4, adapter_layers=1))
+    assert "query_key_value" in str(info.value) and "BLOOM" in str(info.value)

@@ -355,3 +355,23 @@ def test_a_plain_module_is_called_with_its_own_positional_input():
     assert torch.equal(wrapped(x), net(x))  # B = 0: unchanged at the start
     theirs = peft.get_peft_model(copy.deepcopy(net), peft.LoraConfig(r=2, target_modules=["0"]))
     assert wrapped(x).shape == theirs(x).shape
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-1.5b", "bloom-1b4-zh"])
+def test_default_lora_targets_follow_the_architecture(name):
+    """The query/value choice is HF peft's default table; every name matches linear layers of that architecture."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+
+    from peftedu.lora import default_lora_targets
+    from peftedu.peft_model import get_peft_model
+
+    model = build_from_config(name)
+    qv, attention = default_lora_targets(model, "qv"), default_lora_targets(model, "attention")
+    assert qv == PEFT_TARGETS[model.config.model_type] and set(qv) < set(attention)
+    wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=attention))
+    n_layers = model.config.num_hidden_layers
+    assert sum(isinstance(m, LoraLinear) for m in wrapped.modules()) == len(attention) * n_layers
+    with pytest.raises(ValueError, match="No default LoRA target_modules for model_type 'gpt9'"):
+        default_lora_targets("gpt9")
+    with pytest.raises(ValueError, match="which must be"):
+        default_lora_targets(model, "mlp")

@@ -298,3 +298,28 @@ def test_peft_positions_hold_in_generate_too(make):
         out = ours.generate(input_ids=input_ids, max_new_tokens=1, do_sample=False, output_scores=True,
                             return_dict_in_generate=True)
         torch.testing.assert_close(out.scores[0], ours(input_ids=input_ids).logits[:, -1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("make", [make_tiny_llama, make_tiny_bloom])
+def test_attention_layers_and_projections(make):
+    """One attention module per layer; q/k/v give each layer's own Q, K, V (BLOOM: its fused projection split per
+    head as [q | k | v], exactly what BloomAttention._reshape does)."""
+    from peftedu.prefix_shapes import attention_layers, attention_projections
+
+    model = make()
+    layers = attention_layers(model)
+    assert len(layers) == model.config.num_hidden_layers
+    q, k, v, out = attention_projections(layers[-1])
+    x = torch.randn(2, 5, model.config.hidden_size)
+    if model.config.model_type == "bloom":
+        expected = layers[-1]._reshape(layers[-1].query_key_value(x))  # 3 x (N, h, T, d_h)
+        got = [f(x).view(2, 5, layers[-1].num_heads, -1).transpose(1, 2) for f in (q, k, v)]
+        for a, b in zip(got, expected):
+            assert torch.equal(a, b)
+        assert out is layers[-1].dense
+    else:
+        assert (q, k, v, out) == (layers[-1].q_proj, layers[-1].k_proj, layers[-1].v_proj, layers[-1].o_proj)
+    with pytest.raises(ValueError, match="not an attention module"):
+        attention_projections(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="No attention layer"):
+        attention_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))

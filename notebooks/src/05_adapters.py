@@ -44,11 +44,12 @@ from transformers.models.llama.modeling_llama import rotate_half
 
 from peftedu import AdapterConfig, AdaptionPromptConfig, PeftModel, get_peft_model
 from peftedu.accounting import count_parameters, print_trainable_parameters
-from peftedu.adapters import BottleneckAdapterLayer
+from peftedu.adapters import BottleneckAdapterLayer, default_adapter_targets
 from peftedu.compare import cmp, measured, rounding_tolerance
 from peftedu.data import TrainingCollator, build_prompt, collate_for_generation, load_task, tokenize_example
 from peftedu.llama_adapter import AdaptedAttention
-from peftedu.models import build_from_config, load_base
+from peftedu.models import DEFAULT_MODEL, MODEL_ALIASES, build_from_config, is_pretrained, load_base
+from peftedu.prefix_shapes import attention_layers
 from peftedu.training import evaluate, generate_answers, get_profile, plot_history, train
 
 transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in the notebook
@@ -58,6 +59,7 @@ profile = get_profile()  # PEFTEDU_PROFILE: "quick" (CPU, default) or "full" (GP
 model, tokenizer = load_base()
 cfg = model.config
 d, n_layers = cfg.hidden_size, cfg.num_hidden_layers
+is_default = model.name_or_path == MODEL_ALIASES[DEFAULT_MODEL]  # the text quotes SmolLM2-135M's numbers
 print(f"{model.name_or_path}: {count_parameters(model)[1]:,} parameters, {n_layers} blocks of width {d}, "
       f"on {model.device} in {model.dtype}, profile {profile.name}")
 
@@ -80,15 +82,17 @@ def logits_of(m):
 base_logits = logits_of(model)
 print("probe batch:", tuple(probe["input_ids"].shape), "-> logits", tuple(base_logits.shape))
 # Two routes to the same logits (two implementations, the same equation with its operations in another order)
-# differ only in rounding: 30 layers x the MLP's 1,536-long sums, at the size of the logits (the base model's; the
-# adapters below keep them of that order). See notebook 00, Reading the outputs.
-LOGITS_TOL = rounding_tolerance(model.dtype, magnitude=base_logits.abs().max().item(),
-                                terms=n_layers * cfg.intermediate_size)
+# differ only in rounding: L layers x the MLP's long sums (on SmolLM2-135M, the default, 30 x 1,536; BLOOM's MLP is
+# 4 d wide), at the size of the logits (the base model's; the adapters below keep them of that order). See
+# notebook 00, Reading the outputs.
+mlp_width = getattr(cfg, "intermediate_size", None) or 4 * d
+LOGITS_TOL = rounding_tolerance(model.dtype, magnitude=base_logits.abs().max().item(), terms=n_layers * mlp_width)
 
 # %% [markdown]
 # ## 1. Where the adapters go
 #
-# A decoder block computes `h = x + o_proj(attention(norm(x)))`, then `y = h + down_proj(mlp(norm(h)))`. A
+# A decoder block computes `h = x + o_proj(attention(norm(x)))`, then `y = h + down_proj(mlp(norm(h)))` (Llama and
+# Qwen2 names; BLOOM calls the two projections `self_attention.dense` and `mlp.dense_4h_to_h`). A
 # bottleneck adapter takes the output of a sub-layer's last projection, `z` (width d), and returns
 #
 # $$ z + W_\text{up}\, \sigma(W_\text{down} z + b_\text{down}) + b_\text{up}, \qquad W_\text{down} \in \mathbb{R}^{b \times d},\; W_\text{up} \in \mathbb{R}^{d \times b},\; b \ll d $$
@@ -165,12 +169,12 @@ assert torch.equal(adapter(z), z)  # up = 0: the identity, bit for bit
 assert sum(p.numel() for p in adapter.parameters()) == 2 * d * BOTTLENECK + BOTTLENECK + d
 
 # %% [markdown]
-# Per adapter: 2·d·b weights plus b + d biases — with d = 576 and b = 64 that is the count asserted above.
+# Per adapter: 2·d·b weights plus b + d biases — the count asserted above (on SmolLM2-135M, the default, d = 576).
 #
 # ### Step 2: after a frozen projection
 #
-# `LinearWithAdapter` runs the original layer, then the adapter on its output. On the real `o_proj` of layer 0 the
-# output is unchanged.
+# `LinearWithAdapter` runs the original layer, then the adapter on its output. On the real attention output
+# projection of layer 0 (`o_proj`; BLOOM's `dense`) the output is unchanged.
 
 # %%
 class LinearWithAdapter(nn.Module):
@@ -185,7 +189,9 @@ class LinearWithAdapter(nn.Module):
         return self.adapter(self.linear(x))
 
 
-o_proj = model.model.layers[0].self_attn.o_proj
+HOULSBY_PLACES = tuple(default_adapter_targets(model, "houlsby"))  # this architecture's two output projections
+PFEIFFER_PLACES = tuple(default_adapter_targets(model, "pfeiffer"))
+o_proj = next(m for n, m in model.named_modules() if n.endswith(HOULSBY_PLACES[0]))  # layer 0's
 wrapped = LinearWithAdapter(o_proj, BOTTLENECK)
 x = torch.randn(3, d, device=model.device, dtype=o_proj.weight.dtype)
 with torch.no_grad():
@@ -199,10 +205,11 @@ assert change > 0
 # ### Step 3: every block — Houlsby and Pfeiffer
 #
 # We replace, in a copy of the model, the projections that end each sub-layer: `self_attn.o_proj` and
-# `mlp.down_proj` (Houlsby) or `mlp.down_proj` only (Pfeiffer). Everything else is frozen.
+# `mlp.down_proj` (Houlsby) or `mlp.down_proj` only (Pfeiffer) — the names `peftedu.adapters.default_adapter_targets`
+# gives for this architecture (printed). Everything else is frozen.
 
 # %%
-HOULSBY_PLACES, PFEIFFER_PLACES = ("self_attn.o_proj", "mlp.down_proj"), ("mlp.down_proj",)
+print("Houlsby places:", HOULSBY_PLACES, "| Pfeiffer places:", PFEIFFER_PLACES)
 
 
 def add_adapters(module: nn.Module, places, bottleneck: int) -> int:
@@ -224,24 +231,30 @@ torch.manual_seed(0)
 scratch = copy.deepcopy(model)
 scratch.requires_grad_(False)
 n_wrapped = add_adapters(scratch, HOULSBY_PLACES, BOTTLENECK)
-print(scratch.model.layers[0].mlp.down_proj)
+print(next(m for n, m in scratch.named_modules() if n.endswith(PFEIFFER_PLACES[0])))  # layer 0's MLP output
 print_trainable_parameters(scratch)
 houlsby_count = count_parameters(scratch)[0]
 assert n_wrapped == 2 * n_layers
-assert houlsby_count == 2 * n_layers * per_adapter(d, BOTTLENECK) == 4_462_080
+assert houlsby_count == 2 * n_layers * per_adapter(d, BOTTLENECK)
+if is_default:
+    assert houlsby_count == 4_462_080
 assert torch.equal(logits_of(scratch), base_logits)  # every adapter is the identity: the same model, bit for bit
 
 # %% [markdown]
-# 4,462,080 trainable parameters: 2 adapters × 30 blocks × (2·576·64 + 64 + 576). Pfeiffer's placement halves it —
-# counted on the meta device, without copying the model again:
+# On SmolLM2-135M, the default, 4,462,080 trainable parameters: 2 adapters × 30 blocks × (2·576·64 + 64 + 576).
+# Pfeiffer's placement halves it — counted on the meta device (the same architecture, no weights), without copying
+# the model again:
 
 # %%
-pfeiffer_meta = build_from_config("smollm2-135m")
+with torch.device("meta"):
+    pfeiffer_meta = transformers.AutoModelForCausalLM.from_config(cfg)
 pfeiffer_meta.requires_grad_(False)
 n_pfeiffer = add_adapters(pfeiffer_meta, PFEIFFER_PLACES, BOTTLENECK)
 pfeiffer_count = count_parameters(pfeiffer_meta)[0]
 print(f"Pfeiffer: {n_pfeiffer} adapters, {pfeiffer_count:,} trainable parameters")
-assert pfeiffer_count == n_layers * per_adapter(d, BOTTLENECK) == 2_231_040 == houlsby_count // 2
+assert pfeiffer_count == n_layers * per_adapter(d, BOTTLENECK) == houlsby_count // 2
+if is_default:
+    assert pfeiffer_count == 2_231_040
 
 # %% [markdown]
 # ### Step 4: the first gradient reaches `up` only
@@ -296,7 +309,8 @@ with torch.no_grad():
 assert len(layers_of_ours) == n_wrapped
 scratch_logits = logits_of(scratch)
 cmp("logits: scratch vs peftedu (Houlsby)", scratch_logits, logits_of(ours), atol=LOGITS_TOL)
-assert (scratch_logits - base_logits).abs().max() > 0.1  # the random up-projections did change the model
+# the random up-projections did change the model (by far more than rounding; > 0.1 on a pretrained model)
+assert (scratch_logits - base_logits).abs().max() > (0.1 if is_pretrained(model) else LOGITS_TOL)
 del scratch, ours
 
 # %% [markdown]
@@ -347,71 +361,92 @@ del meta
 # g starts at **0**, so the model is the pretrained one at step 0 — yet g receives a gradient (the bracket is not
 # zero), and once g moves, so does P. We build it for the top layer from the inputs its attention module really
 # receives on the probe batch (captured with a hook), and check each shape.
+#
+# LLaMA-Adapter needs Llama-style attention: separate `q_proj`, `k_proj`, `v_proj`, `o_proj` and rotary positions
+# (the queries are rotated before they meet the prompt). Llama, Mistral and Qwen2 have them; BLOOM has a fused
+# `query_key_value` and ALiBi instead, so on BLOOM the cells of this section say so and skip the method.
 
 # %%
-ADAPTER_LEN, ADAPTER_LAYERS = 10, 8
-top_attention = model.model.layers[-1].self_attn
+ADAPTER_LEN, ADAPTER_LAYERS = 10, min(8, n_layers)  # the top 8 layers (all of them in a smaller model)
+top_attention = attention_layers(model)[-1]
 captured = {}
 hook = top_attention.register_forward_pre_hook(lambda m, args, kwargs: captured.update(kwargs), with_kwargs=True)
 with torch.no_grad():
     model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"], use_cache=False)
 hook.remove()
-hidden = captured["hidden_states"]
-cos, sin = captured["position_embeddings"]
-N, T, _ = hidden.shape
-head_dim = top_attention.head_dim
-n_heads, n_kv_heads = top_attention.q_proj.out_features // head_dim, top_attention.k_proj.out_features // head_dim
-print(f"hidden {tuple(hidden.shape)}, {n_heads} query heads and {n_kv_heads} key/value heads of {head_dim}")
-assert (n_heads, n_kv_heads) == (cfg.num_attention_heads, cfg.num_key_value_heads)
+llama_style = hasattr(top_attention, "q_proj") and captured.get("position_embeddings") is not None
+if not llama_style:
+    print(f"{cfg.model_type}: LLaMA-Adapter does not apply (it needs separate q_proj/k_proj/v_proj/o_proj and rotary "
+          f"positions; this model has {type(top_attention).__name__} with fused query_key_value and ALiBi). "
+          "Section 4 is skipped; only the LLaMA-7B count below runs.")
+    with torch.device("meta"):  # the library refuses with a reason (shown on the architecture, without weights)
+        meta_model = transformers.AutoModelForCausalLM.from_config(cfg)
+    try:
+        get_peft_model(meta_model, AdaptionPromptConfig(adapter_len=ADAPTER_LEN, adapter_layers=ADAPTER_LAYERS))
+        raise AssertionError("peftedu accepted LLaMA-Adapter on an architecture it cannot apply to")
+    except ValueError as error:
+        print("peftedu:", error)
+else:
+    hidden = captured["hidden_states"]
+    cos, sin = captured["position_embeddings"]
+    N, T, _ = hidden.shape
+    head_dim = top_attention.head_dim
+    n_heads, n_kv_heads = top_attention.q_proj.out_features // head_dim, top_attention.k_proj.out_features // head_dim
+    print(f"hidden {tuple(hidden.shape)}, {n_heads} query heads and {n_kv_heads} key/value heads of {head_dim}")
+    assert (n_heads, n_kv_heads) == (cfg.num_attention_heads, cfg.num_key_value_heads)
 
-torch.manual_seed(0)
-prompt = torch.randn(1, ADAPTER_LEN, d, device=model.device)  # the adaption prompt, N(0, 1) as in peft
-with torch.no_grad():
-    key_p = top_attention.k_proj(prompt).view(1, ADAPTER_LEN, n_kv_heads, head_dim).transpose(1, 2)
-    value_p = top_attention.v_proj(prompt).view(1, ADAPTER_LEN, n_kv_heads, head_dim).transpose(1, 2)
-    assert key_p.shape == value_p.shape == (1, n_kv_heads, ADAPTER_LEN, head_dim)
-    key_p = key_p.repeat_interleave(n_heads // n_kv_heads, dim=1)  # grouped-query attention: share each kv head
-    value_p = value_p.repeat_interleave(n_heads // n_kv_heads, dim=1)
-    query = top_attention.q_proj(hidden).view(N, T, n_heads, head_dim).transpose(1, 2)
-    query = query * cos.unsqueeze(1) + rotate_half(query) * sin.unsqueeze(1)
-    assert key_p.shape == (1, n_heads, ADAPTER_LEN, head_dim) and query.shape == (N, n_heads, T, head_dim)
-    scores = query @ key_p.transpose(2, 3) / math.sqrt(head_dim)
-    assert scores.shape == (N, n_heads, T, ADAPTER_LEN)  # every token, every head, over the prompt only
-    mixed = torch.softmax(scores, dim=-1) @ value_p
-    assert mixed.shape == (N, n_heads, T, head_dim)
-    bracket = top_attention.o_proj(mixed.transpose(1, 2).reshape(N, T, n_heads * head_dim))
-print("query", tuple(query.shape), "prompt keys", tuple(key_p.shape), "scores", tuple(scores.shape),
-      "-> added to the attention output", tuple(bracket.shape))
-assert bracket.shape == hidden.shape and bracket.abs().max() > 0  # the gate's gradient is this, summed: not zero
+    torch.manual_seed(0)
+    prompt = torch.randn(1, ADAPTER_LEN, d, device=model.device, dtype=model.dtype)  # the adaption prompt, N(0, 1)
+    with torch.no_grad():
+        key_p = top_attention.k_proj(prompt).view(1, ADAPTER_LEN, n_kv_heads, head_dim).transpose(1, 2)
+        value_p = top_attention.v_proj(prompt).view(1, ADAPTER_LEN, n_kv_heads, head_dim).transpose(1, 2)
+        assert key_p.shape == value_p.shape == (1, n_kv_heads, ADAPTER_LEN, head_dim)
+        key_p = key_p.repeat_interleave(n_heads // n_kv_heads, dim=1)  # grouped-query attention: share each kv head
+        value_p = value_p.repeat_interleave(n_heads // n_kv_heads, dim=1)
+        query = top_attention.q_proj(hidden).view(N, T, n_heads, head_dim).transpose(1, 2)
+        query = query * cos.unsqueeze(1) + rotate_half(query) * sin.unsqueeze(1)
+        assert key_p.shape == (1, n_heads, ADAPTER_LEN, head_dim) and query.shape == (N, n_heads, T, head_dim)
+        scores = query @ key_p.transpose(2, 3) / math.sqrt(head_dim)
+        assert scores.shape == (N, n_heads, T, ADAPTER_LEN)  # every token, every head, over the prompt only
+        mixed = torch.softmax(scores, dim=-1) @ value_p
+        assert mixed.shape == (N, n_heads, T, head_dim)
+        bracket = top_attention.o_proj(mixed.transpose(1, 2).reshape(N, T, n_heads * head_dim))
+    print("query", tuple(query.shape), "prompt keys", tuple(key_p.shape), "scores", tuple(scores.shape),
+          "-> added to the attention output", tuple(bracket.shape))
+    assert bracket.shape == hidden.shape and bracket.abs().max() > 0  # the gate's gradient is this, summed: not zero
 
 # %% [markdown]
 # The prompt keys get no rotary embedding (they have no position) and no mask: every token sees all ten. Now
-# `peftedu.AdaptionPromptConfig` with `adapter_len=10, adapter_layers=8`: it wraps the attention of the top eight
-# blocks. Its count is 8 × (10·576 + 1) — a prompt and one gate per layer. We put our prompt and an open gate
+# `peftedu.AdaptionPromptConfig` with `adapter_len=10, adapter_layers=8` (all layers of a model with fewer): it wraps
+# the attention of the top eight blocks. Its count is 8 × (10·d + 1) — a prompt and one gate per layer (on
+# SmolLM2-135M, the default, 8 × (10·576 + 1) = 46,088). We put our prompt and an open gate
 # (g = 0.5, as if trained) into its top layer and compare the attention output with our cells.
 
 # %%
-llama_adapted = get_peft_model(copy.deepcopy(model), AdaptionPromptConfig(adapter_len=ADAPTER_LEN,
-                                                                          adapter_layers=ADAPTER_LAYERS))
-llama_adapted.print_trainable_parameters()
-llama_adapter_count = llama_adapted.get_nb_trainable_parameters()[0]
-assert llama_adapter_count == ADAPTER_LAYERS * (ADAPTER_LEN * d + 1) == 46_088
-wrapped_layers = [n for n, m in llama_adapted.base_model.named_modules() if isinstance(m, AdaptedAttention)]
-print("wrapped:", wrapped_layers[0], "...", wrapped_layers[-1])
-assert len(wrapped_layers) == ADAPTER_LAYERS and wrapped_layers[-1] == f"model.layers.{n_layers - 1}.self_attn"
-assert torch.equal(logits_of(llama_adapted), base_logits)  # g = 0 in every layer: the base model, bit for bit
+if llama_style:
+    llama_adapted = get_peft_model(copy.deepcopy(model), AdaptionPromptConfig(adapter_len=ADAPTER_LEN,
+                                                                              adapter_layers=ADAPTER_LAYERS))
+    llama_adapted.print_trainable_parameters()
+    llama_adapter_count = llama_adapted.get_nb_trainable_parameters()[0]
+    assert llama_adapter_count == ADAPTER_LAYERS * (ADAPTER_LEN * d + 1)
+    if is_default:
+        assert llama_adapter_count == 46_088
+    wrapped_layers = [n for n, m in llama_adapted.base_model.named_modules() if isinstance(m, AdaptedAttention)]
+    print("wrapped:", wrapped_layers[0], "...", wrapped_layers[-1])
+    assert len(wrapped_layers) == ADAPTER_LAYERS and wrapped_layers[-1] == f"model.layers.{n_layers - 1}.self_attn"
+    assert torch.equal(logits_of(llama_adapted), base_logits)  # g = 0 in every layer: the base model, bit for bit
 
-GATE = 0.5
-top_adapted = llama_adapted.base_model.get_submodule(wrapped_layers[-1])
-with torch.no_grad():
-    top_adapted.adaption_prompt["default"].copy_(prompt)
-    top_adapted.adaption_gate["default"].fill_(GATE)
-    kwargs = {**captured, "hidden_states": hidden}
-    peftedu_out = top_adapted(**kwargs)[0]
-    base_out = top_attention(**kwargs)[0]
-one_layer_tol = rounding_tolerance(model.dtype, magnitude=peftedu_out.abs().max().item(),
-                                   terms=2 * d)  # the query and output projections: two 576-long sums
-_ = cmp("top attention: scratch vs peftedu", base_out + GATE * bracket, peftedu_out, atol=one_layer_tol)
+    GATE = 0.5
+    top_adapted = llama_adapted.base_model.get_submodule(wrapped_layers[-1])
+    with torch.no_grad():
+        top_adapted.adaption_prompt["default"].copy_(prompt)
+        top_adapted.adaption_gate["default"].fill_(GATE)
+        kwargs = {**captured, "hidden_states": hidden}
+        peftedu_out = top_adapted(**kwargs)[0]
+        base_out = top_attention(**kwargs)[0]
+    one_layer_tol = rounding_tolerance(model.dtype, magnitude=peftedu_out.abs().max().item(),
+                                       terms=2 * d)  # the query and output projections: two d-long sums
+    _ = cmp("top attention: scratch vs peftedu", base_out + GATE * bracket, peftedu_out, atol=one_layer_tol)
 
 # %% [markdown]
 # ### `peftedu` == HF peft's `AdaptionPromptConfig`
@@ -421,25 +456,33 @@ _ = cmp("top attention: scratch vs peftedu", base_out + GATE * bracket, peftedu_
 # are the logits — up to fp32 rounding. peft writes the same equation with its operations in another order (how it
 # reshapes, scales and multiplies), and with open gates and N(0, 1) prompts in eight layers those roundings reach the
 # logits; hence `LOGITS_TOL`, the tolerance derived from the arithmetic at the top of the notebook. In float64
-# the rounding disappears (exercise 5).
+# the rounding disappears (exercise 5). HF peft 0.21.2 accepts only some model types here (llama, mistral, gpt2; not
+# qwen2): on another one the cell says so and skips the comparison.
 
 # %%
-with torch.no_grad():
-    for name in wrapped_layers:
-        llama_adapted.base_model.get_submodule(name).adaption_gate["default"].fill_(GATE)
-adapted_logits = logits_of(llama_adapted)
-llama_dir = Path(tempfile.mkdtemp()) / "smollm2-llama-adapter"
-llama_adapted.save_pretrained(llama_dir)
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    by_peft = peft.PeftModel.from_pretrained(copy.deepcopy(model), llama_dir)
-print("saved config:", {k: v for k, v in json.loads((llama_dir / "adapter_config.json").read_text()).items()
-                        if k in ("peft_type", "adapter_len", "adapter_layers", "target_modules")})
-print("loaded by peft as", type(by_peft.base_model).__name__)
-assert count_parameters(by_peft)[1] == count_parameters(llama_adapted)[1]
-llama_diff = cmp("logits: peftedu vs HF peft (LLaMA-Adapter)", adapted_logits, logits_of(by_peft), atol=LOGITS_TOL)
-assert (adapted_logits - base_logits).abs().max() > 0.1  # the open gates changed the model
-del by_peft, llama_adapted  # free the two model copies
+peft_model_types = peft.tuners.adaption_prompt.config.TRANSFORMERS_MODEL_CONFIG  # what HF peft's version accepts
+if llama_style and cfg.model_type not in peft_model_types:
+    print(f"HF peft's AdaptionPromptConfig does not support model_type {cfg.model_type!r} (only "
+          f"{sorted(peft_model_types)}): no comparison with peft on this model; peftedu's own cells above ran.")
+    del llama_adapted
+elif llama_style:
+    with torch.no_grad():
+        for name in wrapped_layers:
+            llama_adapted.base_model.get_submodule(name).adaption_gate["default"].fill_(GATE)
+    adapted_logits = logits_of(llama_adapted)
+    llama_dir = Path(tempfile.mkdtemp()) / "llama-adapter"
+    llama_adapted.save_pretrained(llama_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        by_peft = peft.PeftModel.from_pretrained(copy.deepcopy(model), llama_dir)
+    print("saved config:", {k: v for k, v in json.loads((llama_dir / "adapter_config.json").read_text()).items()
+                            if k in ("peft_type", "adapter_len", "adapter_layers", "target_modules")})
+    print("loaded by peft as", type(by_peft.base_model).__name__)
+    assert count_parameters(by_peft)[1] == count_parameters(llama_adapted)[1]
+    llama_diff = cmp("logits: peftedu vs HF peft (LLaMA-Adapter)", adapted_logits, logits_of(by_peft), atol=LOGITS_TOL)
+    # the open gates changed the model (by far more than rounding; > 0.1 on a pretrained model)
+    assert (adapted_logits - base_logits).abs().max() > (0.1 if is_pretrained(model) else LOGITS_TOL)
+    del by_peft, llama_adapted  # free the two model copies
 
 # %% [markdown]
 # Source 003 says LLaMA-Adapter trains "1.2M" parameters on LLaMA-7B. The paper uses prompts of 10 tokens in the top
@@ -481,7 +524,13 @@ history = train(peft_model, tokenizer, train_data, lr=LEARNING_RATE, progress=Fa
 print(history.summary())
 plot_history(history)
 plt.show()
-assert history.loss[-1] < history.loss[0] / 3
+if is_pretrained(model):
+    assert history.loss[-1] < history.loss[0] / 3
+else:
+    moved = any(layer.adapter_up["default"].weight.abs().max() > 0 for layer in peft_model.base_model.modules()
+                if isinstance(layer, BottleneckAdapterLayer))
+    print(f"random weights: checked that the loss stayed finite and the up-projections moved from 0 ({moved})")
+    assert all(math.isfinite(v) for v in history.loss) and moved
 
 # %%
 after = evaluate(peft_model, tokenizer, "topic")
@@ -490,7 +539,11 @@ print(f"topic accuracy: zero-shot {before['score']:.3f} -> after Houlsby {measur
 for b, a in list(zip(before["examples"], after["examples"]))[:4]:
     print(f"- {b['input']}\n    reference {b['reference']!r}   before {b['prediction']!r}   "
           f"after {measured(a['prediction'])}")
-assert after["score"] >= before["score"] + 0.5
+if is_pretrained(model):
+    assert after["score"] >= before["score"] + 0.5
+else:
+    print("random weights: the scores mean nothing; checked only that evaluation ran on every row")
+    assert after["n"] == before["n"] > 0
 
 # %% [markdown]
 # A sentence the model has never seen, with the adapter switched off (`disable_adapter()`: the base model) and on:
@@ -502,7 +555,10 @@ with peft_model.disable_adapter():
     answer_before = generate_answers(peft_model, tokenizer, [new_prompt], max_new_tokens=16)[0]
 answer_after = generate_answers(peft_model, tokenizer, [new_prompt], max_new_tokens=16)[0]
 print(f"base model: {answer_before!r}\nHoulsby:    {measured(answer_after)}")
-assert answer_after.strip().lower() == "travel"
+if is_pretrained(model):
+    assert answer_after.strip().lower() == "travel"
+else:
+    print("random weights: no answer is expected to be right; checked only that generation ran")
 
 # %% [markdown]
 # ## 6. The price at inference: adapters cannot be merged
@@ -522,13 +578,14 @@ assert merge_refused
 
 # %% [markdown]
 # How much does it cost? Counted in multiply-adds per token: each adapter adds 2·d·b to a block's work, and a
-# forward pass of SmolLM2 costs about one multiply-add per weight (the embedding lookup aside, the tied output head
-# included):
+# forward pass costs about one multiply-add per weight (the embedding lookup aside, the output head included; on
+# SmolLM2-135M, the default, the head is the tied embedding matrix):
 
 # %%
 # every frozen weight is used once per token (the tied output head multiplies by the embedding matrix; norms are
 # elementwise and attention scores depend on the length, both left out)
-base_macs = count_parameters(peft_model)[1] - houlsby_count
+lookup_only = 0 if cfg.tie_word_embeddings else model.get_input_embeddings().weight.numel()  # an untied input table
+base_macs = count_parameters(peft_model)[1] - houlsby_count - lookup_only
 extra = {"Houlsby": 2 * n_layers * 2 * d * BOTTLENECK, "Pfeiffer": n_layers * 2 * d * BOTTLENECK}
 for name, macs in extra.items():
     print(f"{name:<9} +{macs:,} multiply-adds per token = +{100 * macs / base_macs:.1f} % of the base model")
@@ -572,7 +629,7 @@ assert peft_model.active_adapter == "default"
 # it has no such method). Four tensors per adapter: down and up, weight and bias.
 
 # %%
-save_dir = Path(tempfile.mkdtemp()) / "smollm2-houlsby"
+save_dir = Path(tempfile.mkdtemp()) / "houlsby"
 peft_model.save_pretrained(save_dir)
 saved = load_file(str(save_dir / "adapter_model.safetensors"))
 for path in sorted(save_dir.iterdir()):
@@ -596,14 +653,14 @@ print("reloaded answer:", measured(generate_answers(reloaded, tokenizer, [new_pr
 # * A bottleneck adapter is z + up(σ(down z)) after a sub-layer's output projection: 2·d·b + b + d parameters.
 #   up = 0 makes it the identity at step 0 (asserted: the same logits, bit for bit), and down must stay random or
 #   nothing trains — at step 0 only up receives a gradient.
-# * Houlsby places two per block (after attention and after the MLP), Pfeiffer one (after the MLP): on SmolLM2 with
+# * Houlsby places two per block (after attention and after the MLP), Pfeiffer one (after the MLP): on SmolLM2-135M with
 #   b = 64, 4,462,080 and 2,231,040 trainable parameters. The share depends on b/d, so "0.5–3 %" is a habit, not a law.
 # * LLaMA-Adapter adds a gated prompt to the attention of the top layers: 46,088 parameters on SmolLM2 (10 tokens,
 #   8 layers), 1,228,830 on LLaMA-7B (the source's "1.2M"). g = 0 keeps the model unchanged at step 0.
 # * Our cells equal `peftedu.adapters`; `peftedu`'s LLaMA-Adapter equals HF peft's (up to fp32 rounding), files
 #   included. HF peft has no Houlsby or Pfeiffer adapters.
 # * Adapters cannot be merged (a nonlinearity sits inside), so they cost time at every forward pass; LoRA can.
-# * A Houlsby adapter learns `topic` in the quick profile (scores in section 5).
+# * A Houlsby adapter learns `topic` in the quick profile on the default SmolLM2-135M (scores in section 5).
 #
 # ## Interview corner
 #

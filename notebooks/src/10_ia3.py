@@ -24,6 +24,7 @@
 import copy
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -42,8 +43,9 @@ import peftedu
 from peftedu import IA3Config, PeftModel, cmp, get_peft_model, measured, rounding_tolerance
 from peftedu.accounting import count_parameters
 from peftedu.data import build_prompt, collate_for_generation, load_task
-from peftedu.ia3 import IA3Linear
-from peftedu.models import build_from_config, load_base
+from peftedu.ia3 import IA3Linear, default_ia3_targets
+from peftedu.models import build_from_config, is_pretrained, load_base
+from peftedu.tuners import find_target_modules
 from peftedu.training import evaluate, get_profile, plot_history, set_seed, train
 
 transformers.utils.logging.disable_progress_bar()
@@ -93,36 +95,71 @@ print(f"features inhibited: {(scale < 1).sum().item()}, amplified: {(scale > 1).
 # * an ordinary target (`k_proj`, `v_proj`) scales its **output**: `y = (x Wᵀ) ⊙ l`, `l` of shape (out, 1);
 # * a *feed-forward module* (`down_proj`) scales its **input**: `y = (x ⊙ l) Wᵀ`, `l` of shape (1, in).
 #
-# We take layer 0 of SmolLM2-135M-Instruct and real hidden states.
+# We take layer 0 of the model in use (SmolLM2-135M-Instruct, the default) and its real inputs, recorded with
+# forward pre-hooks while the model reads a prompt. The targets are peft's defaults for the architecture: on
+# Llama (SmolLM2, TinyLlama) `k_proj`, `v_proj` and `down_proj`; peft's table for Qwen2 scales `q_proj` instead of
+# `k_proj`; on BLOOM, whose query, key and value come from one fused `query_key_value` layer, its whole output and
+# the input of `mlp.dense_4h_to_h`. Every count below is derived from the model's config.
 
 # %%
 model, tokenizer = load_base()
-layer0 = model.model.layers[0]
-k_proj, v_proj, mlp = layer0.self_attn.k_proj, layer0.self_attn.v_proj, layer0.mlp
+cfg = model.config
+n_layers, n_heads = cfg.num_hidden_layers, cfg.num_attention_heads
+n_kv_heads = getattr(cfg, "num_key_value_heads", None) or n_heads  # BLOOM: no grouped-query attention
+head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+ffn_width = getattr(cfg, "intermediate_size", None) or 4 * cfg.hidden_size  # BLOOM's FFN is 4 x hidden wide
+targets, feedforward_targets = default_ia3_targets(model)  # peft's defaults for cfg.model_type
+target_names = find_target_modules(model, targets)        # full names, in model order
+block0 = [name for name in target_names if ".0." in name]  # the targets of layer 0
+attention_targets = [name for name in block0 if not any(name.endswith(f) for f in feedforward_targets)]
+ff_full_name = next(name for name in block0 if name not in attention_targets)
+short = lambda name: name.rsplit(".", 1)[-1]
+LABELS = {"k_proj": "K", "v_proj": "V", "q_proj": "Q", "query_key_value": "QKV (fused)"}
+OUT_WIDTHS = {"k_proj": n_kv_heads * head_dim, "v_proj": n_kv_heads * head_dim, "q_proj": n_heads * head_dim,
+              "query_key_value": 3 * n_heads * head_dim}
+
+recorded = {}  # the input each target of layer 0 receives in a real forward pass
+hooks = [model.get_submodule(name).register_forward_pre_hook(
+    lambda module, args, name=name: recorded.__setitem__(name, args[0].detach())) for name in block0]
 with torch.no_grad():
     batch = tokenizer(build_prompt(tokenizer, "Which topic is this sentence about?", "The striker scored twice."),
-                      return_tensors="pt")
-    x = layer0.input_layernorm(model.model.embed_tokens(batch["input_ids"]))  # (1, seq, 576)
-    K, V = k_proj(x), v_proj(x)
-    ffn_hidden = mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)          # the input of down_proj
-cfg = model.config
-head_dim = cfg.hidden_size // cfg.num_attention_heads
-print(f"x {tuple(x.shape)} | K {tuple(K.shape)} | V {tuple(V.shape)} | FFN hidden {tuple(ffn_hidden.shape)}")
-print(f"K has {cfg.num_key_value_heads} key/value heads x {head_dim} dims (grouped-query attention: "
-      f"{cfg.num_attention_heads} query heads share them)")
-assert K.shape[-1] == V.shape[-1] == cfg.num_key_value_heads * head_dim == 192
-assert ffn_hidden.shape[-1] == cfg.intermediate_size == 1536
+                      return_tensors="pt").to(model.device)
+    model(**batch)
+for hook in hooks:
+    hook.remove()
+attn_layers = {short(name): model.get_submodule(name) for name in attention_targets}
+attn_name, attn_layer = next(iter(attn_layers.items()))  # the first attention target: k_proj on Llama
+ff_name, ff_layer = short(ff_full_name), model.get_submodule(ff_full_name)
+x = recorded[attention_targets[0]]        # the normalised hidden state every attention projection reads
+ffn_hidden = recorded[ff_full_name]        # the input of down_proj: act(gate_proj(x)) * up_proj(x) on Llama
+with torch.no_grad():
+    attn_out = {name: layer(x) for name, layer in attn_layers.items()}
+print(f"x {tuple(x.shape)} | " + " | ".join(f"{LABELS[n]} {tuple(o.shape)}" for n, o in attn_out.items())
+      + f" | FFN hidden {tuple(ffn_hidden.shape)}")
+if attn_name == "query_key_value":
+    print(f"{LABELS[attn_name]} holds Q, K and V: 3 x {n_heads} heads x {head_dim} dims (no grouped-query attention)")
+elif attn_name == "q_proj":
+    print(f"Q has {n_heads} query heads x {head_dim} dims; V has {n_kv_heads} key/value heads (grouped-query "
+          f"attention: {n_heads // n_kv_heads} query heads per key/value head)")
+else:
+    print(f"K has {n_kv_heads} key/value heads x {head_dim} dims (grouped-query attention: "
+          f"{n_heads} query heads share them)")
+assert all(o.shape[-1] == OUT_WIDTHS[n] for n, o in attn_out.items())
+assert ffn_hidden.shape[-1] == ff_layer.in_features == ffn_width
 
 # %% [markdown]
 # **Step 1 — ones at the start.** With `l = 1` every rescaled activation is the original one, bit for bit:
 # training starts from the base model (like LoRA's `B = 0`).
 
 # %%
-l_k, l_v, l_ff = torch.ones(192), torch.ones(192), torch.ones(1536)
+def ones(width):
+    return torch.ones(width, device=model.device, dtype=model.dtype)
+
+
 with torch.no_grad():
-    assert torch.equal(K * l_k, K) and torch.equal(V * l_v, V)
-    assert torch.equal(mlp.down_proj(ffn_hidden * l_ff), mlp.down_proj(ffn_hidden))
-print("l = 1: K, V and the FFN output are unchanged")
+    assert all(torch.equal(out * ones(out.shape[-1]), out) for out in attn_out.values())
+    assert torch.equal(ff_layer(ffn_hidden * ones(ffn_width)), ff_layer(ffn_hidden))
+print(f"l = 1: {', '.join(LABELS[n] for n in attn_out)} and the FFN output are unchanged")
 
 # %% [markdown]
 # **Step 2 — trained-looking vectors, three implementations.** We draw vectors around 1 and compare our two
@@ -130,17 +167,22 @@ print("l = 1: K, V and the FFN output are unchanged")
 # of the same layer.
 
 # %%
-l_k = 1 + 0.3 * torch.randn(192, generator=g)
-l_v = 1 + 0.3 * torch.randn(192, generator=g)
-l_ff = 1 + 0.3 * torch.randn(1536, generator=g)
+def around_one(width, std):
+    """A vector of `width` entries near 1, drawn on the CPU, in the model's dtype on its device."""
+    return (1 + std * torch.randn(width, generator=g)).to(model.device, model.dtype)
+
+
+l_attn = {name: around_one(out.shape[-1], 0.3) for name, out in attn_out.items()}  # l_k and l_v on Llama
+l_ff = around_one(ffn_width, 0.3)
 with torch.no_grad():
-    K_scratch = k_proj(x) * l_k                                  # output side
-    ffn_out_scratch = mlp.down_proj(ffn_hidden * l_ff)          # input side
-peft_ia3_config = peft.IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"])
+    attn_scratch = attn_layer(x) * l_attn[attn_name]               # output side
+    ffn_out_scratch = ff_layer(ffn_hidden * l_ff)                 # input side
+peft_ia3_config = peft.IA3Config(target_modules=[attn_name, ff_name], feedforward_modules=[ff_name])
 wrapped = {}
-for name, base_layer, vector, feedforward in (("k_proj", k_proj, l_k, False), ("down_proj", mlp.down_proj, l_ff, True)):
+for name, base_layer, vector, feedforward in ((attn_name, attn_layer, l_attn[attn_name], False),
+                                              (ff_name, ff_layer, l_ff, True)):
     ours = IA3Linear(copy.deepcopy(base_layer), feedforward=feedforward)
-    ours.add("default", IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]))
+    ours.add("default", IA3Config(target_modules=[attn_name, ff_name], feedforward_modules=[ff_name]))
     ours.set_adapter(["default"])
     theirs = peft.tuners.ia3.Linear(copy.deepcopy(base_layer), "default", config=peft_ia3_config,
                                     is_feedforward=feedforward)
@@ -148,23 +190,31 @@ for name, base_layer, vector, feedforward in (("k_proj", k_proj, l_k, False), ("
         for layer in (ours, theirs):
             layer.ia3_l["default"].copy_(vector.view(layer.ia3_l["default"].shape))
     print(f"{name}: ia3_l shape peftedu {tuple(ours.ia3_l['default'].shape)}, peft {tuple(theirs.ia3_l['default'].shape)}")
-    assert ours.ia3_l["default"].shape == theirs.ia3_l["default"].shape == ((1, 1536) if feedforward else (192, 1))
+    expected_shape = (1, ffn_width) if feedforward else (attn_layer.out_features, 1)
+    assert ours.ia3_l["default"].shape == theirs.ia3_l["default"].shape == expected_shape
     wrapped[name] = (ours, theirs)
+# the vectors hold values of the model's dtype, so each side rounds the product once, to that dtype: the
+# default tolerance holds in fp32 and in bf16 alike
 with torch.no_grad():
-    cmp("k_proj: scratch vs peftedu", K_scratch, wrapped["k_proj"][0](x))
-    cmp("k_proj: scratch vs peft", K_scratch, wrapped["k_proj"][1](x))
-    cmp("down_proj: scratch vs peftedu", ffn_out_scratch, wrapped["down_proj"][0](ffn_hidden))
-    cmp("down_proj: scratch vs peft", ffn_out_scratch, wrapped["down_proj"][1](ffn_hidden))
+    cmp(f"{attn_name}: scratch vs peftedu", attn_scratch, wrapped[attn_name][0](x))
+    cmp(f"{attn_name}: scratch vs peft", attn_scratch, wrapped[attn_name][1](x))
+    cmp(f"{ff_name}: scratch vs peftedu", ffn_out_scratch, wrapped[ff_name][0](ffn_hidden))
+    cmp(f"{ff_name}: scratch vs peft", ffn_out_scratch, wrapped[ff_name][1](ffn_hidden))
 
 # %% [markdown]
-# **Which side matters.** For `down_proj` the vector has 1536 entries (the FFN's inner width), not 576: it scales
-# what goes *in*. Scaling the 576 outputs would be a different, smaller method. And because `k_proj`'s output is
-# rotated by RoPE afterwards, in a Llama model `l_k` scales the keys **before** the rotary position embedding:
-# RoPE mixes dimension `i` with dimension `i + d_h/2` of each head, so scaling before and after the rotation agree
-# only when those two entries of `l_k` are equal.
+# **Which side matters.** For `down_proj` the vector has 1536 entries on SmolLM2 (the FFN's inner width), not 576:
+# it scales what goes *in*. Scaling the 576 outputs would be a different, smaller method. And because `k_proj`'s
+# output is rotated by RoPE afterwards, in a Llama model `l_k` scales the keys **before** the rotary position
+# embedding: RoPE mixes dimension `i` with dimension `i + d_h/2` of each head, so scaling before and after the
+# rotation agree only when those two entries of `l_k` are equal. (On Qwen2 the same holds for the queries that
+# peft's default scales; BLOOM has no rotation at all — ALiBi adds a bias to the attention scores — so there a
+# scale on the keys is simply a scale on the keys.)
 
 # %%
-def rope(keys, position, inv_freq=model.model.rotary_emb.inv_freq):
+rotary = next((m for m in model.modules() if hasattr(m, "inv_freq")), None)  # Llama, Qwen2: a rotary embedding
+
+
+def rope(keys, position, inv_freq=None if rotary is None else rotary.inv_freq.float()):
     """Rotary embedding of (..., d_h) keys at one position (Llama's rotate_half convention)."""
     half = keys.shape[-1] // 2
     angle = position * torch.cat([inv_freq, inv_freq])
@@ -172,63 +222,85 @@ def rope(keys, position, inv_freq=model.model.rotary_emb.inv_freq):
     return keys * torch.cos(angle) + rotated * torch.sin(angle)
 
 
-key_head = K[0, -1, :head_dim]                                   # one head's key at the last position
-l_head = l_k[:head_dim]
-position = x.shape[1] - 1
-before_rope, after_rope = rope(l_head * key_head, position), l_head * rope(key_head, position)
-l_paired = torch.cat([l_head[: head_dim // 2], l_head[: head_dim // 2]])  # l_i == l_{i + d_h/2}
-print(f"scale before vs after RoPE: max diff {measured((before_rope - after_rope).abs().max())} (random l_k), "
-      f"{measured((rope(l_paired * key_head, position) - l_paired * rope(key_head, position)).abs().max(), '.1e')} "
-      f"(paired l_k)")
-assert (before_rope - after_rope).abs().max() > 1e-2
-_ = cmp("RoPE commutes with a paired scale", rope(l_paired * key_head, position), l_paired * rope(key_head, position))
+if rotary is None:
+    print(f"{cfg.model_type}: no rotary position embedding (ALiBi biases the attention scores instead), so a scale "
+          f"on {LABELS[attn_name]} acts the same wherever it is applied; nothing to compare here")
+else:
+    key_head = attn_out[attn_name][0, -1, :head_dim].float()     # one head's key at the last position, in fp32
+    l_head = l_attn[attn_name][:head_dim].float()
+    position = x.shape[1] - 1
+    before_rope, after_rope = rope(l_head * key_head, position), l_head * rope(key_head, position)
+    l_paired = torch.cat([l_head[: head_dim // 2], l_head[: head_dim // 2]])  # l_i == l_{i + d_h/2}
+    l_name = f"l_{LABELS[attn_name].lower()}"
+    print(f"scale before vs after RoPE: max diff {measured((before_rope - after_rope).abs().max())} (random {l_name}), "
+          f"{measured((rope(l_paired * key_head, position) - l_paired * rope(key_head, position)).abs().max(), '.1e')} "
+          f"(paired {l_name})")
+    assert (before_rope - after_rope).abs().max() > 1e-2 * key_head.abs().max()  # not rounding: a real difference
+    # fp32 rounding of a few products and one sum per entry, at the size of the keys
+    _ = cmp("RoPE commutes with a paired scale", rope(l_paired * key_head, position),
+            l_paired * rope(key_head, position),
+            atol=rounding_tolerance(torch.float32, magnitude=key_head.abs().max().item(), terms=4))
 
 # %% [markdown]
 # **Step 3 — the whole model from scratch, with hooks.** No wrapper class is needed: a forward hook multiplies
-# the output of every `k_proj` and `v_proj`, a forward *pre*-hook multiplies the input of every `down_proj`. We give
-# all 30 layers random vectors, run the hooked base model, `peftedu`'s IA3 model and HF peft's IA3 model with the
-# same vectors, and compare logits.
+# the output of every `k_proj` and `v_proj`, a forward *pre*-hook multiplies the input of every `down_proj` (the
+# model's own default targets on another architecture). We give all its layers random vectors, run the hooked
+# base model, `peftedu`'s IA3 model and HF peft's IA3 model with the same vectors, and compare logits.
 
 # %%
-n_layers = cfg.num_hidden_layers
-vectors = {(i, name): 1 + 0.2 * torch.randn(1536 if name == "down_proj" else 192, generator=g)
-           for i in range(n_layers) for name in ("k_proj", "v_proj", "down_proj")}
+def is_ff(name):
+    return any(name.endswith(f) for f in feedforward_targets)
+
+
+def width(name):
+    """One entry per scaled feature: the input of a feed-forward target, the output of any other."""
+    layer = model.get_submodule(name)
+    return layer.in_features if is_ff(name) else layer.out_features
+
+
+vectors = {name: around_one(width(name), 0.2) for name in target_names}  # every target of every layer
 probe_rows = load_task("topic", "test").select(range(4))
 probe = collate_for_generation(tokenizer, [build_prompt(tokenizer, r["instruction"], r["input"]) for r in probe_rows])
+probe = {k: v.to(model.device) for k, v in probe.items()}
 with torch.no_grad():
     base_logits = model(**probe).logits
-# Two routes to the same logits differ only in rounding: 30 blocks with sums up to 1,536 long, at the size of the
-# base model's logits (vectors near 1 keep them of that order). See notebook 00 for `rounding_tolerance`.
-tol_logits = rounding_tolerance(torch.float32, magnitude=base_logits.abs().max().item(), terms=n_layers * 1536)
+# Two routes to the same logits differ only in rounding: n_layers blocks with sums up to ffn_width long (30 and
+# 1,536 on SmolLM2), at the size of the base model's logits (vectors near 1 keep them of that order), in the
+# model's dtype. See notebook 00 for `rounding_tolerance`.
+tol_logits = rounding_tolerance(model.dtype, magnitude=base_logits.abs().max().item(), terms=n_layers * ffn_width)
 
 handles = []
-for i, block in enumerate(model.model.layers):
-    for name in ("k_proj", "v_proj"):
-        module = getattr(block.self_attn, name)
-        handles.append(module.register_forward_hook(lambda mod, inp, out, l=vectors[(i, name)]: out * l))
-    handles.append(block.mlp.down_proj.register_forward_pre_hook(
-        lambda mod, inp, l=vectors[(i, "down_proj")]: (inp[0] * l,)))
+for name, l in vectors.items():
+    module = model.get_submodule(name)
+    if is_ff(name):
+        handles.append(module.register_forward_pre_hook(lambda mod, inp, l=l: (inp[0] * l,)))
+    else:
+        handles.append(module.register_forward_hook(lambda mod, inp, out, l=l: out * l))
 with torch.no_grad():
     scratch_logits = model(**probe).logits
 for handle in handles:
     handle.remove()
-print(f"{len(handles)} hooks; the vectors change the logits by up to {measured((scratch_logits - base_logits).abs().max(), '.2f')}")
-assert (scratch_logits - base_logits).abs().max() > 0.1
+change = (scratch_logits - base_logits).abs().max()
+print(f"{len(handles)} hooks; the vectors change the logits by up to {measured(change, '.2f')}")
+assert len(handles) == n_layers * len(block0)
+# a real change: on a pretrained model far above what rounding alone could do to logits of this size in this dtype
+# (a tiny random-weight model's logits barely react, so there it is only asserted to be non-zero)
+rounding = rounding_tolerance(model.dtype, magnitude=base_logits.abs().max().item())
+assert change > (rounding if is_pretrained(model) else 0)
 
 
-def set_vectors(ia3_model, prefix):
+def set_vectors(ia3_model):
     """Copy `vectors` into an IA3 model's ia3_l parameters (peftedu or peft, same names)."""
     with torch.no_grad():
-        for (i, name), vector in vectors.items():
-            part = "mlp" if name == "down_proj" else "self_attn"
-            layer = ia3_model.get_submodule(f"{prefix}model.layers.{i}.{part}.{name}")
+        for name, vector in vectors.items():
+            layer = ia3_model.get_submodule(name)
             layer.ia3_l["default"].copy_(vector.view(layer.ia3_l["default"].shape))
 
 
 ours_model = get_peft_model(copy.deepcopy(model), IA3Config())
 theirs_model = peft.get_peft_model(copy.deepcopy(model), peft.IA3Config(task_type="CAUSAL_LM"))
-set_vectors(ours_model.base_model, "")
-set_vectors(theirs_model.base_model.model, "")
+set_vectors(ours_model.base_model)
+set_vectors(theirs_model.base_model.model)
 with torch.no_grad():                                   # three implementations: maybe three summation orders
     cmp("logits: scratch (hooks) vs peftedu", scratch_logits, ours_model(**probe).logits, atol=tol_logits)
     cmp("logits: scratch (hooks) vs peft", scratch_logits, theirs_model(**probe).logits, atol=tol_logits)
@@ -289,13 +361,14 @@ assert lora_qkvo == 30 * 8 * (2 * (576 + 576) + 2 * (576 + 192))
 #   which the paper does not do.
 #
 # It also says IA3 "only modifies scaling factors rather than learning new parameters": the vectors *are* new
-# parameters (57,600 here); what IA3 does not do is change any pretrained weight — until you merge.
+# parameters (57,600 on SmolLM2); what IA3 does not do is change any pretrained weight — until you merge.
 #
 # ## 4. Training IA3 on `topic`
 #
-# First the base model's score. Then `get_peft_model(model, IA3Config())` — peft's default targets for Llama —
-# and a check that the untrained IA3 model gives exactly the base logits. We train in the current profile with
-# lr 3e-3.
+# First the base model's score. Then `get_peft_model(model, IA3Config())` — peft's default targets for the
+# architecture (Llama's for SmolLM2) — and a check that the untrained IA3 model gives exactly the base logits. We
+# train in the current profile with lr 3e-3. (A model with random weights, such as the tiny test models, has
+# nothing to learn: for it the notebook checks that training ran and what it changed, not a score.)
 
 # %%
 before = evaluate(model, tokenizer, "topic")
@@ -306,14 +379,20 @@ print(f"input {example['input']!r} | reference {example['reference']!r} | base m
 # %%
 peft_model = get_peft_model(model, IA3Config())                    # wraps `model` in place
 peft_model.print_trainable_parameters()
-assert peft_model.get_nb_trainable_parameters()[0] == 57_600
+ia3_count = sum(width(name) for name in target_names)  # 30 x (192 + 192 + 1536) = 57,600 on SmolLM2
+assert peft_model.get_nb_trainable_parameters()[0] == ia3_count
 with torch.no_grad():
     assert torch.equal(peft_model(**probe).logits, base_logits)     # ones: exactly the base model at step 0
 print("step 0: IA3 logits == base logits (bit for bit)")
 history = train(peft_model, tokenizer, load_task("topic", "train"), lr=3e-3, progress=False)
 print(history.summary())
 print("loss per step:", " ".join(measured(loss) for loss in history.loss))
-assert history.loss[-1] < history.loss[0] / 2
+if is_pretrained(model):
+    assert history.loss[-1] < history.loss[0] / 2
+else:
+    print("random weights: no loss to halve; checked instead: every loss finite, only the IA3 vectors trainable")
+    assert all(math.isfinite(loss) for loss in history.loss)
+    assert all(("ia3_l" in name) == p.requires_grad for name, p in peft_model.named_parameters())
 plot_history(history)
 plt.show()
 
@@ -322,13 +401,17 @@ after = evaluate(peft_model, tokenizer, "topic")
 print(f"topic accuracy: before {before['score']:.3f} -> after {measured(after['score'])} ({after['n']} test rows)")
 for b, a in list(zip(before["examples"], after["examples"]))[:3]:
     print(f"- {b['input']}\n    reference {b['reference']!r}   before {b['prediction']!r}   after {measured(a['prediction'])}")
-assert after["score"] >= before["score"] + 0.3   # learned: clearly above the base model
+if is_pretrained(model):
+    assert after["score"] >= before["score"] + 0.3   # learned: clearly above the base model
+else:
+    print(f"random weights: the scores mean nothing; checked instead: both evaluations scored {after['n']} rows")
+    assert after["n"] == before["n"] > 0
 
 # %% [markdown]
 # ### 4.1 Inhibit or amplify? The learned vectors
 #
-# All 57,600 entries started at 1. How far did they move, and in which direction? (With lr 3e-3 and a dozen
-# Adam steps, no entry can move far: Adam moves each parameter by about the learning rate per step.)
+# All 57,600 entries (on SmolLM2) started at 1. How far did they move, and in which direction? (With lr 3e-3 and a
+# dozen Adam steps, no entry can move far: Adam moves each parameter by about the learning rate per step.)
 
 # %%
 learned = {}
@@ -338,7 +421,7 @@ for module_name, module in peft_model.named_modules():
 learned = {kind: torch.cat(parts) for kind, parts in learned.items()}
 fig, ax = plt.subplots(figsize=(6, 3.5))
 for kind, values in learned.items():
-    ax.hist(values.numpy(), bins=60, alpha=0.5, label=kind)
+    ax.hist(values.float().cpu().numpy(), bins=60, alpha=0.5, label=kind)
 ax.axvline(1.0, color="black", linestyle="--", lw=1)
 ax.set_xlabel("learned scale l"); ax.set_ylabel("entries"); ax.set_title("IA3 vectors after training (all start at 1)")
 ax.legend()
@@ -347,13 +430,14 @@ for kind, values in learned.items():
     print(f"{kind:<10} {values.numel():>6,} entries | min {measured(values.min())} max {measured(values.max())} | "
           f"inhibit (<1) {measured((values < 1).float().mean(), '.1%')} amplify (>1) {measured((values > 1).float().mean(), '.1%')}")
 all_values = torch.cat(list(learned.values()))
-assert all_values.numel() == 57_600 and (all_values != 1).any()
-assert (all_values - 1).abs().max() < 0.1     # a dozen Adam steps of lr 3e-3: every entry stays near 1
+assert all_values.numel() == ia3_count and (all_values != 1).any()
+# a dozen Adam steps of lr 3e-3: every entry stays near 1 (a longer profile: about lr per step at most)
+assert (all_values - 1).abs().max() < max(0.1, 2 * 3e-3 * history.steps)
 
 # %% [markdown]
 # ## 5. Saving, reloading, and loading with HF `peft`
 #
-# The file holds the 57,600 numbers under peft's names (`...k_proj.ia3_l`).
+# The file holds the 57,600 numbers (on SmolLM2) under peft's names (`...k_proj.ia3_l`).
 
 # %%
 with torch.no_grad():
@@ -366,7 +450,7 @@ print(sorted(os.listdir(save_dir)), "|", len(saved), "tensors,", sum(t.numel() f
 print({k: saved_config[k] for k in ("peft_type", "target_modules", "feedforward_modules")})
 for key in sorted(saved)[:2]:
     print(f"  {key}: {tuple(saved[key].shape)}")
-assert sum(t.numel() for t in saved.values()) == 57_600 and saved_config["peft_type"] == "IA3"
+assert sum(t.numel() for t in saved.values()) == ia3_count and saved_config["peft_type"] == "IA3"
 
 fresh, _ = load_base()
 reloaded = PeftModel.from_pretrained(fresh, save_dir)
@@ -388,18 +472,22 @@ del reloaded, reloaded_by_peft
 # (`W ← W diag(l)`). We check both on layer 0, then `merge_and_unload` returns a plain transformers model.
 
 # %%
-k_layer = peft_model.base_model.model.layers[0].self_attn.k_proj
-down_layer = peft_model.base_model.model.layers[0].mlp.down_proj
+k_layer = peft_model.base_model.get_submodule(attention_targets[0])    # k_proj of layer 0 on Llama
+down_layer = peft_model.base_model.get_submodule(ff_full_name)          # down_proj of layer 0 on Llama
 W_k, W_down = k_layer.base_layer.weight.detach().clone(), down_layer.base_layer.weight.detach().clone()
+b_k = None if k_layer.base_layer.bias is None else k_layer.base_layer.bias.detach().clone()  # Qwen2, BLOOM
 l_k_trained, l_ff_trained = k_layer.ia3_l["default"].detach(), down_layer.ia3_l["default"].detach()
 merged_model = peft_model.merge_and_unload()
-_ = cmp("k_proj: merged W vs l[:, None] * W (rows)", merged_model.model.layers[0].self_attn.k_proj.weight, l_k_trained * W_k)
-_ = cmp("down_proj: merged W vs W * l[None, :] (columns)", merged_model.model.layers[0].mlp.down_proj.weight,
-    W_down * l_ff_trained)
+merged_k, merged_down = merged_model.get_submodule(attention_targets[0]), merged_model.get_submodule(ff_full_name)
+# merging multiplies in the weights' dtype (fp32 on a CPU, bf16 on a GPU): the same product as here
+_ = cmp(f"{attn_name}: merged W vs l[:, None] * W (rows)", merged_k.weight, l_k_trained.to(W_k.dtype) * W_k)
+_ = cmp(f"{ff_name}: merged W vs W * l[None, :] (columns)", merged_down.weight, W_down * l_ff_trained.to(W_down.dtype))
+if b_k is not None:  # an output scale scales the bias too
+    _ = cmp(f"{attn_name}: merged bias vs l * b", merged_k.bias, l_k_trained.flatten().to(b_k.dtype) * b_k)
 with torch.no_grad():
     merged_logits = merged_model(**probe).logits
 print(f"logits are up to {measured(trained_logits.abs().max(), '.1f')} in size; W·l rounds differently from (x W)·l, "
-      f"over 30 layers with sums up to 1,536 long")
+      f"over {n_layers} layers with sums up to {ffn_width:,} long")
 _ = cmp("merged vs unmerged logits", merged_logits, trained_logits, atol=tol_logits)
 same_structure = [type(m).__name__ for m in merged_model.modules()] == [type(m).__name__ for m in fresh.modules()]
 print(f"merged model: {type(merged_model).__name__}, {count_parameters(merged_model)[1]:,} parameters, "
@@ -417,6 +505,8 @@ def forward_seconds(m):
     with torch.no_grad():
         start = time.perf_counter()
         m(**probe)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()  # a GPU runs asynchronously: wait for the pass to finish
         return time.perf_counter() - start
 
 

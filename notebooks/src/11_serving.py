@@ -41,8 +41,8 @@ from peftedu import LoraConfig, PeftModel, get_peft_model
 from peftedu.accounting import count_parameters
 from peftedu.compare import cmp, measured, rounding_tolerance
 from peftedu.data import TOPIC_LABELS, build_prompt, collate_for_generation, load_task
-from peftedu.lora import LoraLinear
-from peftedu.models import load_base
+from peftedu.lora import LoraLinear, default_lora_targets
+from peftedu.models import is_pretrained, load_base
 from peftedu.training import evaluate, generate_answers, get_profile, plot_history, train
 
 transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in the notebook
@@ -50,20 +50,20 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 torch.manual_seed(0)
 profile = get_profile()  # PEFTEDU_PROFILE: "quick" (CPU, default) or "full" (GPU)
 model, tokenizer = load_base()
-LOGIT_TERMS = model.config.num_hidden_layers * model.config.intermediate_size  # 30 layers x 1,536-long sums
+cfg = model.config
+FFN_WIDTH = getattr(cfg, "intermediate_size", None) or 4 * cfg.hidden_size  # BLOOM's FFN: 4 x hidden
+LOGIT_TERMS = cfg.num_hidden_layers * FFN_WIDTH  # 30 layers x 1,536-long sums on SmolLM2
 
 
-def logits_tol(*logits, bf16_atol=5e-2):
+def logits_tol(*logits):
     """atol for logits that two routes compute from the same weights, differing only in rounding.
 
-    fp32: `rounding_tolerance` with terms = 30 layers x 1,536-long sums (the MLP's down-projection, the longest sum on
-    the way to a logit) and magnitude = the logits' size, rounded up to a power of two so that the printed tolerance
-    reads the same on every machine. bf16 (on a GPU) keeps only 8 bits of mantissa: a fixed, looser bound.
+    `rounding_tolerance` in the model's dtype (fp32 on a CPU, bf16 on a GPU) with terms = layers x FFN width (the
+    MLP's down-projection, the longest sum on the way to a logit: 30 x 1,536 on SmolLM2) and magnitude = the
+    logits' size, rounded up to a power of two so that the printed tolerance reads the same on every machine.
     """
-    if model.dtype != torch.float32:
-        return bf16_atol
     size = max(x.abs().max().item() for x in logits)
-    return rounding_tolerance(torch.float32, magnitude=2.0 ** math.ceil(math.log2(size)), terms=LOGIT_TERMS)
+    return rounding_tolerance(model.dtype, magnitude=2.0 ** math.ceil(math.log2(size)), terms=LOGIT_TERMS)
 
 
 base_params = count_parameters(model)[1]
@@ -113,7 +113,8 @@ plt.show()
 # %% [markdown]
 # ## 2. Two adapters on one base
 #
-# We train two LoRA adapters (rank 8, α = 16, on the four attention projections) on the same base model: `topic`
+# We train two LoRA adapters (rank 8, α = 16, on the attention projections: `q_proj`, `k_proj`, `v_proj`, `o_proj` on
+# Llama and Qwen2, the fused `query_key_value` and `dense` on BLOOM) on the same base model: `topic`
 # (one-word topic of a sentence) and `extract` (a JSON line with name, age and city). In the quick profile each run
 # is short — 6 optimizer steps of 8 examples, half of notebook 06's run — and we score 16 test rows per task; the
 # full profile uses its own steps and the whole test split.
@@ -121,7 +122,7 @@ plt.show()
 # First the base model's scores on the same rows, the baseline each adapter must beat:
 
 # %%
-ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+ATTENTION = default_lora_targets(model, "attention")  # every attention projection of this architecture
 TASKS = ("topic", "extract")
 quick = profile.name == "quick"
 eval_rows, train_steps = (16, 6) if quick else (None, None)  # None: the profile's own values
@@ -135,7 +136,8 @@ for task, result in before.items():
 #
 # Losses, scores and answers after training are printed behind `≈`: they are measured on this machine, and their
 # last digits (or a word of an answer) change with the CPU and the thread count (notebook 00 explains the
-# convention). The assertions under them carry the claims.
+# convention). The assertions under them carry the claims. (A model with random weights, such as the tiny test
+# models, learns nothing useful in a few steps: for it the notebook checks that training ran, not what it scores.)
 
 # %%
 lora_config = dict(r=8, lora_alpha=16, target_modules=ATTENTION)
@@ -158,7 +160,9 @@ plt.show()
 for task, history in histories.items():
     print(f"{task:<8} loss {measured(history.loss[0])} -> {measured(history.loss[-1])}, "
           f"{history.trainable_params:,} trainable parameters")
-    assert history.loss[-1] < history.loss[0]
+    assert history.loss[-1] < history.loss[0] if is_pretrained(model) else math.isfinite(history.loss[-1])
+if not is_pretrained(model):
+    print("random weights: checked that both runs trained with finite losses, not that the loss fell")
 assert histories["topic"].trainable_params == histories["extract"].trainable_params
 
 # %%
@@ -168,14 +172,17 @@ for task in TASKS:
     after[task] = evaluate(peft_model, tokenizer, task, rows=eval_rows)
     print(f"{task:<8} base {before[task]['score']:.3f} -> adapter {task!r} {measured(after[task]['score'])}   "
           f"e.g. {measured(after[task]['examples'][0]['prediction'])}")
-    assert after[task]["score"] >= before[task]["score"] + 0.25  # a clear gain: 4 of the 16 rows at least
+    if is_pretrained(model):
+        assert after[task]["score"] >= before[task]["score"] + 0.25  # a clear gain: 4 of the 16 rows at least
+if not is_pretrained(model):
+    print("random weights: the scores mean nothing; checked that each adapter was evaluated on its task")
 
 # %% [markdown]
-# Both short runs beat the base model on their own task. The two adapters now sit side by side in every wrapped
-# layer — two pairs (A, B) next to one frozen W:
+# On SmolLM2 (the default) both short runs beat the base model on their own task. The two adapters now sit side by
+# side in every wrapped layer — two pairs (A, B) next to one frozen W:
 
 # %%
-layer = peft_model.base_model.get_submodule("model.layers.0.self_attn.q_proj")
+layer = next(m for m in peft_model.modules() if isinstance(m, LoraLinear))  # layer 0's q_proj on SmolLM2
 print(layer)
 assert isinstance(layer, LoraLinear) and set(layer.lora_A) == {"topic", "extract"}
 
@@ -234,16 +241,20 @@ plain_logits = torch.stack([logits_alone("__base__", p) for p in one_of_each])
 disabled_last = disabled_logits[:, -1].float()
 cmp("disable_adapter(): last-token logits, batch vs alone", disabled_last, plain_logits,
     atol=logits_tol(disabled_last, plain_logits))
-assert answers["topic"][0].strip().lower() in TOPIC_LABELS  # the topic adapter answers with one label
-assert set(json.loads(answers["extract"][1])) == {"name", "age", "city"}  # the extract adapter writes its JSON
-assert answers["topic"] != answers["extract"] != answers["__base__"]
+if is_pretrained(model):
+    assert answers["topic"][0].strip().lower() in TOPIC_LABELS  # the topic adapter answers with one label
+    assert set(json.loads(answers["extract"][1])) == {"name", "age", "city"}  # the extract adapter writes its JSON
+    assert answers["topic"] != answers["extract"] != answers["__base__"]
+else:
+    print("random weights: the answers mean nothing; checked that each adapter answered every request")
+    assert all(len(texts) == len(one_of_each) for texts in answers.values())
 
 # %% [markdown]
 # `delete_adapter` removes an adapter's tensors from every layer. Deleting the active adapter activates another one;
 # the only adapter cannot be deleted (use `merge_and_unload()` or `unload()` then). A third, untrained adapter shows it:
 
 # %%
-peft_model.add_adapter("draft", LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+peft_model.add_adapter("draft", LoraConfig(r=4, lora_alpha=8, target_modules=ATTENTION[:1]))  # q_proj on Llama
 print("after add_adapter:   ", list(peft_model.peft_config), "| active:", peft_model.active_adapter)
 assert set(layer.lora_A) == {"topic", "extract", "draft"}
 peft_model.delete_adapter("draft")
@@ -286,7 +297,10 @@ for adapter in kinds:
 real = queue_batch["attention_mask"].bool()
 diff_same = cmp("mixed batch vs switching, same batch", mixed_logits[real], switched[real],
                 atol=logits_tol(mixed_logits[real], switched[real]))
-assert (mixed_logits[:, -1].argmax(-1) == alone.argmax(-1)).all()  # the same next token for every request
+# the same next token for every request, except where two tokens tie within rounding (a random-weight model)
+top2 = alone.topk(2, dim=-1).values
+decided = (top2[:, 0] - top2[:, 1]) > 2 * logits_tol(mixed_logits[:, -1], alone)
+assert (mixed_logits[:, -1].argmax(-1) == alone.argmax(-1))[decided].all()
 
 # %% [markdown]
 # The same holds for generation: `generate(..., adapter_names=...)` keeps each row's adapter for every new token.
@@ -309,7 +323,11 @@ for adapter in kinds:
 for adapter, mixed_answer, switched_answer in zip(queue_adapters, mixed_answers, switched_answers):
     shown = repr(mixed_answer) if adapter == "__base__" else measured(mixed_answer)  # the base model's: untrained
     print(f"{adapter:>9}: {'==' if mixed_answer == switched_answer else '!='} switching   {shown}")
-assert mixed_answers == switched_answers
+if model.dtype == torch.float32:
+    assert mixed_answers == switched_answers
+else:  # 8 bits of mantissa: another padding rounds differently, and a near tie can flip a greedy token
+    same = sum(m == s for m, s in zip(mixed_answers, switched_answers))
+    print(f"{model.dtype}: {same} of {len(queue)} answers identical (a token-for-token claim holds in fp32 only)")
 
 # %% [markdown]
 # A name that matches no adapter is an error, not a row silently served by the base model (section 7 shows the other
@@ -494,43 +512,62 @@ with torch.no_grad():
     standalone_logits = standalone(**topic_batch).logits.float()
 topic_real = topic_batch["attention_mask"].bool()
 cmp("merged vs unmerged adapter", merged_logits[topic_real], adapter_logits[topic_real],
-    atol=logits_tol(merged_logits[topic_real], adapter_logits[topic_real], bf16_atol=0.5))
+    atol=logits_tol(merged_logits[topic_real], adapter_logits[topic_real]))
 cmp("reloaded with transformers alone", standalone_logits, merged_logits, atol=0)  # the same weights, reloaded
 standalone_answers = generate_answers(standalone, tokenizer, topic_prompts, max_new_tokens=MAX_NEW_TOKENS)
 print("the standalone model's topic answers:", measured(standalone_answers))
-assert standalone_answers == [a for a, name in zip(mixed_answers, queue_adapters) if name == "topic"]
+queue_topic_answers = [a for a, name in zip(mixed_answers, queue_adapters) if name == "topic"]
+if model.dtype == torch.float32:
+    assert standalone_answers == queue_topic_answers
+else:  # W + ΔW rounded to 8 bits of mantissa: a near tie can flip a greedy token
+    print(f"{model.dtype}: {sum(a == b for a, b in zip(standalone_answers, queue_topic_answers))} of "
+          f"{len(topic_prompts)} answers as in the queue (a token-for-token claim holds in fp32 only)")
 del reloaded, merged
 
 # %% [markdown]
 # The merged logits differ from the unmerged ones only by rounding (W + ΔW is rounded once to the weights' dtype); the
-# standalone model answers exactly as the `topic` adapter did in the queue.
+# standalone model answers exactly as the `topic` adapter did in the queue (in fp32; in bf16 a near tie between two
+# tokens can flip one greedy choice).
 #
 # ## 8. How big is what you ship?
 #
 # An adapter file holds r·(in + out) numbers per wrapped layer; the merged model holds every weight. Their file sizes
 # (printed in MB; the notebook tests mask byte sizes because they depend on the file format version) are in the
-# ratio of their parameter counts:
+# ratio of their parameter counts, times the ratio of the bytes per number (both fp32 on a CPU; on a GPU the merged
+# model is stored in bf16, the adapter in fp32). A safetensors file is an 8-byte length, a JSON header, then the
+# numbers: without the header, each file is exactly its parameters times their bytes.
 
 # %%
 adapter_bytes = (export_dir / "topic" / "adapter_model.safetensors").stat().st_size
 model_bytes = sum(p.stat().st_size for p in merged_dir.glob("*.safetensors"))
 adapter_params = sum(t.numel() for t in saved_tensors.values())
-cfg = model.config
-kv_dim = cfg.num_key_value_heads * cfg.hidden_size // cfg.num_attention_heads
-d = cfg.hidden_size  # q, o: d -> d;  k, v: d -> kv_dim
-assert adapter_params == cfg.num_hidden_layers * 8 * (2 * (d + d) + 2 * (d + kv_dim))
+# r (in + out) per wrapped layer: on SmolLM2 q, o map d -> d and k, v map d -> kv_dim: 30 x 8 x (2 x 1,152 + 2 x 768)
+wrapped_layers = [m for m in peft_model.modules() if isinstance(m, LoraLinear)]
+assert adapter_params == sum(8 * (m.in_features + m.out_features) for m in wrapped_layers)
+assert len(wrapped_layers) == cfg.num_hidden_layers * len(ATTENTION)
 size_ratio, param_ratio = model_bytes / adapter_bytes, base_params / adapter_params
 print(f"adapter: {adapter_params:,} parameters, {adapter_bytes / 1e6:.1f} MB | merged model: {base_params:,} "
       f"parameters, {model_bytes / 1e6:.0f} MB")
 print(f"the model file is {size_ratio:.0f} times the adapter file; the parameter ratio is {param_ratio:.0f}")
 print(f"the adapter is {100 * adapter_params / base_params:.2f}% of the base model's parameters")
-assert abs(size_ratio / param_ratio - 1) < 0.01  # both store fp32 numbers; headers are a small share
+
+
+def payload_bytes(path):
+    """A safetensors file's size without its 8-byte length field and JSON header: the numbers alone."""
+    with open(path, "rb") as f:
+        return path.stat().st_size - 8 - int.from_bytes(f.read(8), "little")
+
+
+adapter_number = next(iter(saved_tensors.values())).element_size()  # 4: adapters are saved in fp32
+assert payload_bytes(export_dir / "topic" / "adapter_model.safetensors") == adapter_params * adapter_number
+assert sum(payload_bytes(p) for p in merged_dir.glob("*.safetensors")) == base_params * standalone.dtype.itemsize
 
 n_tasks = range(1, 21)
 fig, ax = plt.subplots(figsize=(6, 3.2))
 ax.plot(n_tasks, [n * model_bytes / 1e9 for n in n_tasks], marker="o", label="one merged model per task")
 ax.plot(n_tasks, [(model_bytes + n * adapter_bytes) / 1e9 for n in n_tasks], marker="o", label="one base + an adapter per task")
-ax.set(xlabel="number of tasks", ylabel="storage (GB = 1e9 bytes)", title="what you store and load, SmolLM2-135M, LoRA r=8")
+ax.set(xlabel="number of tasks", ylabel="storage (GB = 1e9 bytes)",
+       title=f"what you store and load, {model.name_or_path.split('/')[-1]}, LoRA r=8")
 ax.legend()
 plt.show()
 assert model_bytes + 20 * adapter_bytes < 2 * model_bytes  # twenty adapters cost less than a second model
@@ -549,7 +586,8 @@ for name, kwargs in (("both_cat", dict(combination_type="cat")),
                      ("both_svd16", dict(combination_type="svd", svd_rank=16))):
     peft_model.add_weighted_adapter(list(TASKS), [1.0, 1.0], name, **kwargs)
 print({name: peft_model.peft_config[name].r for name in ("both_cat", "both_svd8", "both_svd16")}, "(ranks)")
-layer = peft_model.base_model.get_submodule("model.layers.3.self_attn.q_proj")
+middle = cfg.num_hidden_layers // 2  # a layer in the middle of the model (layer 15 of SmolLM2's 30)
+layer = next(m for name, m in peft_model.named_modules() if isinstance(m, LoraLinear) and f".{middle}." in name)
 target_delta = layer.delta_weight("topic") + layer.delta_weight("extract")
 singular_values = torch.linalg.svdvals(target_delta)
 cmp("cat: exact sum of the updates", layer.delta_weight("both_cat"), target_delta, atol=1e-5)

@@ -17,7 +17,9 @@
 #
 # The measured table comes from one committed command, `python -m peftedu showdown` (module `peftedu.showdown`),
 # which wrote `results/showdown_cpu.json`; this notebook reads that file and recomputes nothing it cannot check.
-# What it *can* recompute — every parameter count — it recomputes and compares with the file.
+# What it *can* recompute — every parameter count — it recomputes and compares with the file. The committed results
+# are the default model's (SmolLM2-135M on a CPU; a 1.7B model on an H100 in section 7), whatever `PEFTEDU_MODEL`
+# says: with another model the notebook still reads them, and says so.
 
 # %%
 %matplotlib inline
@@ -36,7 +38,7 @@ from IPython.display import Markdown, display
 import peftedu
 from peftedu import showdown
 from peftedu.accounting import DecoderShape, count_parameters, memory_table, nf4_bits_per_param
-from peftedu.models import REPO_ROOT, build_from_config, load_base, load_model_config
+from peftedu.models import DEFAULT_MODEL, REPO_ROOT, build_from_config, load_base, load_model_config, model_name
 
 transformers.utils.logging.disable_progress_bar()
 # transformers' deprecation notice when peft wraps a model (it prints the path of transformers on this machine)
@@ -150,6 +152,11 @@ print(f"model {result['model']} ({result['weights']} weights), task {result['set
 print(f"{len(rows)} methods, {len(peft_rows)} peft twins; every run: {rows['lora']['steps']} steps, "
       f"{rows['lora']['tokens']:,} tokens; scored on {base['eval_rows']} test rows")
 print(f"base model: score {base['score']:.3f}, retention {base['retention']:.3f}")
+if model_name() != DEFAULT_MODEL:  # PEFTEDU_MODEL names another model: these files do not describe it
+    in_use = model_name().rstrip("/").split("/")[-1]
+    print(f"note: PEFTEDU_MODEL is {in_use}; the committed tables in this notebook are the default model's "
+          f"({DEFAULT_MODEL}), read from results/, not measured on {in_use}. `python -m peftedu showdown` "
+          "measures the model in use.")
 assert set(rows) == set(showdown.METHODS)
 assert len({(r["steps"], r["tokens"]) for r in result["rows"]}) == 1  # one token budget for every run
 
