@@ -2,7 +2,7 @@
 # The whole test suite, offline, on the CPU: unit tests, then every notebook under nbval (strict).
 #   bash scripts/test.sh             # both (about 30 min on 2 cores)
 #   bash scripts/test.sh unit        # the unit tests only (about 9 min); extra arguments go to pytest
-#   bash scripts/test.sh notebooks   # the notebooks only (about 19 min)
+#   bash scripts/test.sh notebooks   # the notebooks only (about 19 min); or name some: ... notebooks notebooks/06_*.ipynb
 #   bash scripts/test.sh models      # every notebook executed (outputs not compared) on tiny random Qwen2- and
 #                                    # BLOOM-style models: the series runs on other architectures
 # nbval compares every committed output with a fresh run; notebooks/sanitize.cfg blanks what legitimately varies
@@ -26,6 +26,7 @@ if [ "$part" != notebooks ]; then
     .venv/bin/python -m pytest tests/ -q -p no:cacheprovider "$@"
 fi
 if [ "$part" != unit ]; then
+    if [ "$part" = notebooks ] && [ $# -gt 0 ]; then paths=("$@"); else paths=(notebooks/); fi  # some notebooks only
     .venv/bin/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg \
-        --nbval-cell-timeout=900 notebooks/ -q -p no:cacheprovider
+        --nbval-cell-timeout=900 "${paths[@]}" -q -p no:cacheprovider
 fi

@@ -13,6 +13,15 @@
 #   floating-point rounding, and the `≈` mark on numbers measured on your machine.
 #
 # Every number this notebook states is computed in a cell, and the cells `assert` what the prose claims.
+#
+# **Running the course on a GPU, with a 1B model.** Everything here runs on a laptop CPU with the default model.
+# With a GPU, keep the CUDA torch your environment already has (Colab, Kaggle, a lab server) and install the
+# course into it: `bash scripts/setup_gpu.sh` installs version *ranges* (never the CPU lock, which would replace
+# your torch), checks that torch is unchanged and registers the `peftedu` kernel. Fetch a 1B-class model once
+# (`hf download Qwen/Qwen2.5-1.5B-Instruct --local-dir ~/models/qwen2.5-1.5b`), then start JupyterLab with
+# `PEFTEDU_MODEL=~/models/qwen2.5-1.5b PEFTEDU_PROFILE=full`. Every notebook reads the model's shapes from its
+# config; precision follows the GPU (bf16 where it has it, fp16 with loss scaling on a T4). The README's GPU
+# section has the details and the measured throughput.
 
 # %%
 %matplotlib inline
