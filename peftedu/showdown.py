@@ -609,13 +609,15 @@ def add_arguments(parser) -> None:
                         help="the whole pipeline on a tiny random model: 2 steps, 4 eval rows, one process, "
                              "about 2 minutes (CI)")
     parser.add_argument("--max-steps", type=int, default=None, metavar="N",
-                        help="train each method for N steps instead of the profile's (e.g. to measure peak memory)")
+                        help="train each method for N steps instead of the profile's, e.g. to measure peak memory "
+                             "(default: the profile's)")
     parser.add_argument("--throughput", action="store_true",
                         help="instead: time LoRA, HF peft's LoRA and full fine-tuning on packed sequences at a realistic "
-                             "length, with MFU (peftedu/throughput.py; random weights of --model, a shipped config)")
-    parser.add_argument("--seq-len", type=int, default=2048, help="--throughput: tokens per packed sequence")
-    parser.add_argument("--batch-size", type=int, default=8, help="--throughput: sequences per step")
-    parser.add_argument("--steps", type=int, default=10, help="--throughput: timed steps per method")
+                             "length, with MFU (peftedu/throughput.py; random weights of --model, a shipped config; "
+                             "default: off)")
+    parser.add_argument("--seq-len", type=int, default=2048, help="--throughput: tokens per packed sequence (default: 2048)")
+    parser.add_argument("--batch-size", type=int, default=8, help="--throughput: sequences per step (default: 8)")
+    parser.add_argument("--steps", type=int, default=10, help="--throughput: timed steps per method (default: 10)")
     parser.add_argument("--worker", nargs=3, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
 
