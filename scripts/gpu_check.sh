@@ -8,7 +8,7 @@
 #      (4 steps each: the peak is reached at the first optimizer step), for notebook 12's memory table;
 #   4. the throughput benchmark: full fine-tuning, LoRA and HF peft's LoRA on packed 2,048-token sequences.
 # `bash scripts/gpu_check.sh short` runs 4 and the memory of every method at TinyLlama-1.1B only (about 3 minutes).
-# Carried along: .whl (the course's pinned pure-Python wheels and Jupyter), .gpu/bnb (bitsandbytes with its CUDA 13
+# Carried along (made by scripts/gpu_wheels.sh): .whl (the course's pinned pure-Python wheels and Jupyter), .gpu/bnb (bitsandbytes with its CUDA 13
 # library only), .gpu/tok (a tokenizer folder). The machine's own torch (a CUDA build) is used.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}
