@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from .config import PeftConfig, register_config
-from .tuners import AdapterLayer, Tuner, find_target_modules, module_device, register_tuner, replace_module
+from .tuners import (AdapterLayer, Tuner, default_for_architecture, find_target_modules, module_device,
+                     register_tuner, replace_module)
 
 # peft's TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING / ..._FEEDFORWARD_MODULES_MAPPING (model_type -> names)
 IA3_TARGET_MODULES = {"llama": ["k_proj", "v_proj", "down_proj"], "mistral": ["k_proj", "v_proj", "down_proj"],
@@ -47,13 +48,11 @@ def default_ia3_targets(model_or_type) -> tuple[list[str], list[str]]:
     scales the queries there, not the keys); BLOOM: the fused query_key_value and mlp.dense_4h_to_h. An
     architecture without an entry raises, naming the known ones: pass ``target_modules`` yourself then.
     """
-    model_type = model_or_type if isinstance(model_or_type, str) else \
-        getattr(getattr(model_or_type, "config", None), "model_type", None)
-    if model_type not in IA3_TARGET_MODULES:
-        raise ValueError(f"No default IA3 target_modules for model_type {model_type!r} (known: "
-                         f"{sorted(IA3_TARGET_MODULES)}); pass target_modules=[...] and feedforward_modules=[...] "
-                         "yourself (the key/value projections and the FFN's down projection).")
-    return list(IA3_TARGET_MODULES[model_type]), list(IA3_FEEDFORWARD_MODULES[model_type])
+    hint = ("pass target_modules=[...] and feedforward_modules=[...] yourself (the key/value projections and the "
+            "FFN's down projection).")
+    targets = default_for_architecture(IA3_TARGET_MODULES, model_or_type, "IA3 target_modules", hint)
+    feedforward = default_for_architecture(IA3_FEEDFORWARD_MODULES, model_or_type, "IA3 target_modules", hint)
+    return list(targets), list(feedforward)
 
 
 @register_config

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from .config import PeftConfig, check_positive, register_config
-from .tuners import AdapterLayer, Tuner, find_target_modules, module_device, register_tuner, replace_module
+from .tuners import (AdapterLayer, Tuner, default_for_architecture, find_target_modules, module_device,
+                     register_tuner, replace_module)
 
 
 # model_type -> (the LoRA paper's query/value choice, every attention projection). The first list is HF peft's
@@ -40,13 +41,11 @@ def default_lora_targets(model_or_type, which: str = "qv") -> list[str]:
     every attention projection (``q_proj ... o_proj``; BLOOM ``query_key_value, dense``)."""
     if which not in ("qv", "attention"):
         raise ValueError(f"which must be 'qv' or 'attention', got {which!r}.")
-    model_type = model_or_type if isinstance(model_or_type, str) else \
-        getattr(getattr(model_or_type, "config", None), "model_type", None)
-    if model_type not in LORA_TARGET_MODULES:
-        raise ValueError(f"No default LoRA target_modules for model_type {model_type!r} (known: "
-                         f"{sorted(LORA_TARGET_MODULES)}); pass target_modules=[...] with the names of its linear "
-                         "layers (peftedu.explorers.linear_suffixes lists them) or 'all-linear'.")
-    return list(LORA_TARGET_MODULES[model_type][0 if which == "qv" else 1])
+    qv, attention = default_for_architecture(
+        LORA_TARGET_MODULES, model_or_type, "LoRA target_modules",
+        "pass target_modules=[...] with the names of its linear layers (peftedu.explorers.linear_suffixes lists "
+        "them) or 'all-linear'.")
+    return list(qv if which == "qv" else attention)
 
 
 @register_config

@@ -106,6 +106,17 @@ def _short_names(candidates) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name in candidates})
 
 
+def default_for_architecture(table: dict, model_or_type, what: str, hint: str):
+    """``table[model_type]`` for a model (or a ``model_type`` string): the per-architecture defaults of a method
+    (peft's ``TRANSFORMERS_MODELS_TO_*`` tables). An architecture without an entry raises, naming the known ones
+    and, in ``hint``, what to pass instead."""
+    model_type = model_or_type if isinstance(model_or_type, str) else \
+        getattr(getattr(model_or_type, "config", None), "model_type", None)
+    if model_type not in table:
+        raise ValueError(f"No default {what} for model_type {model_type!r} (known: {sorted(table)}); {hint}")
+    return table[model_type]
+
+
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
