@@ -7,6 +7,10 @@ flash attention, which keeps no score matrix), plus the logits of the loss. :fun
 (``python -m peftedu showdown --profile full --max-steps 4 ...``, committed as ``results/memory_*.json``)
 and against the two memory sizes learners have: 16 GB (T4, V100-16GB, RTX 4060 Ti 16GB) and 24 GB
 (RTX 3090/4090, A10, L4).
+
+Without a GPU, :func:`fit_rows` counts every method's parameters on a ``meta``-device copy of the real
+architecture (no memory, no weights, about a second) and :func:`fit_table` sets the estimates against both
+cards; measured peaks join the table when a GPU run's showdown JSON is given.
 """
 
 from __future__ import annotations
@@ -81,6 +85,107 @@ def table(results: dict[str, Path | str], configs: dict, *, batch_size: int, seq
     return "\n".join(lines)
 
 
+#: "yes" leaves this share of the card free: the estimate was 15% under the measured peak of full fine-tuning on
+#: an H200 (results/throughput_nvidia_h200.json), and the CUDA context takes a few hundred MB more.
+HEADROOM = 0.8
+
+
+def verdict(gb: float, card_gb: float) -> str:
+    """``yes`` under 80% of the card, ``tight`` under 100% (may fit; try a smaller batch), ``no`` above."""
+    return "yes" if gb < HEADROOM * card_gb else "tight" if gb < card_gb else "no"
+
+
+def fp32_input_features(model) -> int:
+    """Summed input widths of one decoder layer's wrapped modules that cast their input to fp32 before their
+    adapter (LoRA and its variants, AdaLoRA: ``x.to(lora_A.dtype)``; bottleneck adapters: ``h.to(down.dtype)``).
+    Autograd keeps each such copy for the backward pass: 4 bytes per feature per token."""
+    from .explorers import decoder_layers
+
+    total = 0
+    for module in decoder_layers(model)[0].modules():
+        if hasattr(module, "lora_A") and hasattr(module, "in_features"):
+            total += module.in_features
+        elif hasattr(module, "adapter_down"):
+            total += next(iter(module.adapter_down.values())).in_features
+    return total
+
+
+def fit_rows(config, methods: list[str] | None = None, *, profile: str = "full") -> list[dict]:
+    """Every showdown method on a ``meta``-device copy of ``config``'s architecture (bf16 base): its
+    ``trainable`` and ``total`` parameter counts, ``fp32_inputs`` (:func:`fp32_input_features`) and
+    ``extra_tokens`` (virtual tokens that lengthen every sequence: prompt tuning, P-tuning).
+    The configs are the showdown's own (:data:`peftedu.showdown.METHODS`); prompt tuning's text
+    initialisation is left out (it changes values, not counts); QLoRA counts as LoRA (the same parameters,
+    stored in NF4 by :func:`estimate`)."""
+    import types
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import peftedu
+
+    from .showdown import METHODS
+    from .training import get_profile
+
+    names = list(METHODS) if methods is None else list(methods)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise ValueError(f"Unknown method(s) {unknown}; known: {', '.join(METHODS)}.")
+    prof, rows = get_profile(profile), []
+    for name in names:
+        method = METHODS[name]
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        row = {"method": name, "fp32_inputs": 0, "extra_tokens": 0}
+        if method.kind == "full":
+            row["trainable"] = row["total"] = sum(p.numel() for p in model.parameters())
+        else:
+            class_name, kwargs = method.config(model, types.SimpleNamespace(name_or_path=""), prof)
+            kwargs = {k: v for k, v in kwargs.items() if not k.startswith("prompt_tuning_init") and k != "tokenizer_name_or_path"}
+            wrapped = peftedu.get_peft_model(model, getattr(peftedu, class_name)(**kwargs))
+            row["trainable"] = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+            row["total"] = sum(p.numel() for p in wrapped.parameters())
+            row["fp32_inputs"] = fp32_input_features(model)
+            if class_name in ("PromptTuningConfig", "PromptEncoderConfig"):
+                row["extra_tokens"] = kwargs["num_virtual_tokens"]
+        rows.append(row)
+    return rows
+
+
+def fit_table(configs: dict, *, batch_size: int, seq_len: int, measured: dict[str, Path | str] | None = None,
+              methods: list[str] | None = None) -> tuple[str, dict]:
+    """Markdown: one row per method; for each model (label -> transformers config) its trainable parameters,
+    the estimated peak GB, the measured peak GB (from ``measured``: label -> a GPU showdown JSON; "–" without
+    one) and the verdict on a 16 GB and a 24 GB card (:func:`verdict`, on the larger of estimate and
+    measurement). Also returns ``{label: {method: estimate GB}}``."""
+    labels, estimates, columns = list(configs), {}, {}
+    for label in labels:
+        shape = shape_of(configs[label], label)
+        runs = {}
+        if measured and label in measured:
+            for r in json.loads(Path(measured[label]).read_text())["rows"]:
+                if r.get("impl") == "peftedu" and r.get("peak_memory_mb") is not None and r.get("resident_mb") is not None:
+                    runs[r["method"]] = (r["peak_memory_mb"] + r["resident_mb"]) * 1e6 / GB
+        columns[label] = {}
+        for row in fit_rows(configs[label], methods):
+            est = estimate(row, shape, batch_size=batch_size, seq_len=seq_len + row["extra_tokens"],
+                           fp32_inputs=row["fp32_inputs"])
+            columns[label][row["method"]] = (row["trainable"], est, runs.get(row["method"]))
+        estimates[label] = {m: c[1] for m, c in columns[label].items()}
+    head = ["method"] + [f"{label} {what}" for label in labels
+                         for what in ("trainable", "estimate GB", "measured GB", "16 GB", "24 GB")]
+    lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: | ---: | ---: | :---: | :---: |" * len(labels)]
+    for method in columns[labels[0]]:
+        cells = [method]
+        for label in labels:
+            trainable, est, got = columns[label][method]
+            worst = max(est, got or 0)
+            cells += [f"{trainable:,}", f"{est:.1f}", "–" if got is None else f"{got:.1f}",
+                      verdict(worst, CARDS_GB[0]), verdict(worst, CARDS_GB[1])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines), estimates
+
+
 def padded_length(tokenizer, rows, batch_size: int, max_length: int) -> int:
     """The longest tokenized row (capped at ``max_length``): a batch pads to at most this many tokens."""
     from .data import tokenize_example
@@ -88,4 +193,5 @@ def padded_length(tokenizer, rows, batch_size: int, max_length: int) -> int:
     return min(max_length, max(len(tokenize_example(tokenizer, r, max_length)["input_ids"]) for r in rows))
 
 
-__all__ = ["CARDS_GB", "estimate", "padded_length", "shape_of", "table"]
+__all__ = ["CARDS_GB", "HEADROOM", "estimate", "fit_rows", "fit_table", "fp32_input_features", "padded_length", "shape_of",
+           "table", "verdict"]

@@ -74,3 +74,60 @@ def test_estimate_within_20_percent_of_the_h200_measurement():
     # without the fp32 copies of the adapters' inputs the LoRA estimate misses by over 40%
     bare = gpu_memory.estimate({"method": "lora", "trainable": adapters, "total": n + adapters}, shape, **size)
     assert bare / measured["lora"] < 0.6
+
+
+def test_fit_rows_count_what_the_methods_build():
+    """fit_rows works on a meta copy; its counts must equal those of the same method on real (tiny) weights."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    import peftedu
+    from peftedu.showdown import METHODS
+
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=256)
+    rows = {r["method"]: r for r in gpu_memory.fit_rows(config, ["full", "lora", "houlsby", "prompt_tuning", "ia3"])}
+    torch.manual_seed(0)
+    real = peftedu.get_peft_model(AutoModelForCausalLM.from_config(config),
+                                  peftedu.LoraConfig(**METHODS["lora"].config(None, None, None)[1]))
+    assert rows["lora"]["trainable"] == sum(p.numel() for p in real.parameters() if p.requires_grad)
+    assert rows["lora"]["total"] == sum(p.numel() for p in real.parameters())
+    assert rows["full"]["trainable"] == rows["full"]["total"] == sum(
+        p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    assert rows["lora"]["fp32_inputs"] == 4 * 64  # q, k, v, o: each casts its 64-wide input to fp32
+    assert rows["houlsby"]["fp32_inputs"] == 2 * 64  # two adapters per layer, on the hidden state
+    assert rows["prompt_tuning"]["extra_tokens"] == 16 and rows["ia3"]["fp32_inputs"] == 0
+    with pytest.raises(ValueError, match="Unknown method.*known: full"):
+        gpu_memory.fit_rows(config, ["lorra"])
+
+
+def test_fit_table_verdicts_and_measured_column(tmp_path):
+    assert [gpu_memory.verdict(gb, 16) for gb in (12.7, 12.9, 15.9, 16.1)] == ["yes", "tight", "tight", "no"]
+    config = load_model_config("tinyllama-1.1b")
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"rows": [{"method": "lora", "impl": "peftedu", "peak_memory_mb": 13_000,
+                                          "resident_mb": 2_300}]}))
+    text, est = gpu_memory.fit_table({"TinyLlama": config}, batch_size=16, seq_len=112, measured={"TinyLlama": path},
+                                     methods=["full", "lora", "qlora"])
+    assert est["TinyLlama"]["full"] > est["TinyLlama"]["lora"] > est["TinyLlama"]["qlora"]
+    lora_line = next(line for line in text.splitlines() if line.startswith("| lora |"))
+    assert "| 15.3 | tight | yes |" in lora_line  # the measured 15.3 GB decides when it exceeds the estimate
+    assert "| – |" in next(line for line in text.splitlines() if line.startswith("| qlora |"))
+
+
+def test_readme_fit_table_is_what_the_code_computes():
+    """The README's "Will it fit?" table is fit_table's output at the full profile and the tasks' padded length."""
+    from pathlib import Path
+
+    from peftedu import load_base
+    from peftedu.data import generate_task
+    from peftedu.training import get_profile
+
+    _, tokenizer = load_base()
+    full = get_profile("full")
+    rows = generate_task("topic")["train"] + generate_task("extract")["train"]
+    seq_len = gpu_memory.padded_length(tokenizer, rows, full.batch_size, full.max_length)
+    configs = {"TinyLlama-1.1B": load_model_config("tinyllama-1.1b"), "Qwen2.5-1.5B": load_model_config("qwen2.5-1.5b")}
+    text, _ = gpu_memory.fit_table(configs, batch_size=full.batch_size, seq_len=seq_len)
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert text in readme and f"{seq_len} tokens" in readme
