@@ -51,21 +51,50 @@ class AdaLoraConfig(PeftConfig):
     """peft's fields and defaults. ``r`` is peft's (unused) LoraConfig rank: leave it at 8, set ``init_r``."""
 
     peft_type = "ADALORA"
-    target_r: int = 8
-    init_r: int = 12
-    tinit: int = 0
-    tfinal: int = 0
-    deltaT: int = 1
-    beta1: float = 0.85
-    beta2: float = 0.85
-    orth_reg_weight: float = 0.5
-    total_step: int | None = None
-    rank_pattern: dict[str, list[bool]] | None = None
-    lora_alpha: float = 8
-    lora_dropout: float = 0.0
-    target_modules: list[str] | str | None = None
-    modules_to_save: list[str] | None = None
-    r: int = 8
+    target_r: int = dataclasses.field(default=8, metadata={"help": (
+        "The average rank per layer at the end of budgeting (Zhang et al. 2023): the final budget b^(T) is target_r "
+        "× the number of target layers. A positive integer <= init_r; default 8.")})
+    init_r: int = dataclasses.field(default=12, metadata={"help": (
+        "The rank every target layer starts with (Zhang et al. 2023): the initial budget b^(0) is init_r × the "
+        "number of target layers, and scaling is lora_alpha / init_r. A positive integer; default 12.")})
+    tinit: int = dataclasses.field(default=0, metadata={"help": (
+        "The paper's t_i (Zhang et al. 2023): initial warm-up steps trained at the full budget b^(0) before any rank "
+        "is pruned. An integer >= 0; default 0, budgeting starts at once.")})
+    tfinal: int = dataclasses.field(default=0, metadata={"help": (
+        "The paper's t_f (Zhang et al. 2023): final steps trained with the rank pattern fixed at the target budget. "
+        "An integer >= 0 with tinit < total_step - tfinal; default 0.")})
+    deltaT: int = dataclasses.field(default=1, metadata={"help": (
+        "The paper's ΔT (Zhang et al. 2023): the interval, in optimizer steps, between two rank reallocations during "
+        "budgeting. A positive integer; default 1, every step.")})
+    beta1: float = dataclasses.field(default=0.85, metadata={"help": (
+        "The paper's β1 (Zhang et al. 2023): EMA coefficient of the smoothed sensitivity Ī of each weight. In "
+        "(0, 1); default 0.85.")})
+    beta2: float = dataclasses.field(default=0.85, metadata={"help": (
+        "The paper's β2 (Zhang et al. 2023): EMA coefficient of the uncertainty Ū, |I - Ī| smoothed. In (0, 1); "
+        "default 0.85.")})
+    orth_reg_weight: float = dataclasses.field(default=0.5, metadata={"help": (
+        "The paper's γ (Zhang et al. 2023): weight of the orthogonal regularizer that keeps P and Q near "
+        "orthonormal, added to the loss (as peft: the mean unsquared Frobenius norm). A number >= 0; default 0.5.")})
+    total_step: int | None = dataclasses.field(default=None, metadata={"help": (
+        "The paper's T (Zhang et al. 2023): the number of optimizer steps you will train, which the cubic budget "
+        "schedule depends on. Required: an integer > 0 (the default None is an error).")})
+    rank_pattern: dict[str, list[bool]] | None = dataclasses.field(default=None, metadata={"help": (
+        "The ranks kept after budgeting: layer name -> one bool per triplet (True = kept), written into the config "
+        "at step total_step - tfinal and saved, so loading shrinks each layer to it. Default None: not fixed yet.")})
+    lora_alpha: float = dataclasses.field(default=8, metadata={"help": (
+        "LoRA's α (Hu et al. 2021): the SVD-form update P Λ Q is multiplied by lora_alpha / init_r. A positive "
+        "number; default 8.")})
+    lora_dropout: float = dataclasses.field(default=0.0, metadata={"help": (
+        "Dropout probability applied to the input of the AdaLoRA branch only. In [0, 1); default 0.0, no dropout.")})
+    target_modules: list[str] | str | None = dataclasses.field(default=None, metadata={"help": (
+        "The linear layers that get an SVD-form update: a list of name suffixes (['q_proj', 'v_proj']), a regex "
+        "matching the whole name, or 'all-linear'. Required: None is an error.")})
+    modules_to_save: list[str] | None = dataclasses.field(default=None, metadata={"help": (
+        "Names of extra modules (e.g. ['lm_head']) trained in full besides the AdaLoRA layers, a copy per adapter, "
+        "saved in the adapter file. Default None: no such modules.")})
+    r: int = dataclasses.field(default=8, metadata={"help": (
+        "peft's LoraConfig rank, which AdaLoRA inherits but does not use (it uses init_r and target_r). Kept for "
+        "peft's file format; must stay at its default 8.")})
 
     def __post_init__(self):
         super().__post_init__()

@@ -52,12 +52,24 @@ class AdapterConfig(PeftConfig):
     ``target_modules=None`` places adapters by ``adapter_type``; a list/regex overrides the placement."""
 
     peft_type = "BOTTLENECK_ADAPTER"
-    adapter_type: str = "houlsby"
-    bottleneck_size: int | None = None
-    reduction_factor: int | None = None
-    non_linearity: str = "relu"
-    target_modules: list[str] | str | None = None
-    modules_to_save: list[str] | None = None
+    adapter_type: str = dataclasses.field(default="houlsby", metadata={"help": (
+        "Where adapters go when target_modules is None: 'houlsby' (Houlsby et al. 2019: after the attention output "
+        "and after the MLP output, two per block; the default) or 'pfeiffer' (Pfeiffer et al. 2020: after the MLP "
+        "output only).")})
+    bottleneck_size: int | None = dataclasses.field(default=None, metadata={"help": (
+        "The bottleneck width b (Houlsby et al.'s m): each adapter is Linear(d -> b), activation, Linear(b -> d). A "
+        "positive integer; None (default) means 64, unless reduction_factor is given; not both.")})
+    reduction_factor: int | None = dataclasses.field(default=None, metadata={"help": (
+        "Pfeiffer et al.'s reduction factor r: the bottleneck is b = d // r for a layer of width d. A positive "
+        "integer, instead of bottleneck_size; default None (use bottleneck_size).")})
+    non_linearity: str = dataclasses.field(default="relu", metadata={"help": (
+        "The activation between the down- and up-projection: 'relu' (default), 'gelu' or 'silu'.")})
+    target_modules: list[str] | str | None = dataclasses.field(default=None, metadata={"help": (
+        "The layers after whose output an adapter is inserted: a list of name suffixes, a regex matching the whole "
+        "name, or 'all-linear'. Default None: placed per architecture by adapter_type.")})
+    modules_to_save: list[str] | None = dataclasses.field(default=None, metadata={"help": (
+        "Names of extra modules (e.g. ['lm_head']) trained in full besides the adapters, a copy per adapter, saved "
+        "in the adapter file. Default None: no such modules.")})
 
     def __post_init__(self):
         super().__post_init__()

@@ -59,9 +59,16 @@ class BitFitConfig(PeftConfig):
     ``add_missing_biases``). A list of name suffixes, a regex or "all-linear" picks layers instead."""
 
     peft_type = "BITFIT"
-    target_modules: list[str] | str | None = None
-    add_missing_biases: bool = True
-    modules_to_save: list[str] | None = None
+    target_modules: list[str] | str | None = dataclasses.field(default=None, metadata={"help": (
+        "The layers whose biases are trained (Ben Zaken et al. 2021 train all of them): a list of name suffixes, a "
+        "regex matching the whole name, or 'all-linear'. Default None: every module with a bias, plus every linear "
+        "layer but the head when add_missing_biases.")})
+    add_missing_biases: bool = dataclasses.field(default=True, metadata={"help": (
+        "True (default): targeted linear layers without a bias (all of Llama's) get a new zero-initialised one, so "
+        "BitFit has something to train. False: only biases the model already has are trained, as in the paper.")})
+    modules_to_save: list[str] | None = dataclasses.field(default=None, metadata={"help": (
+        "Names of extra modules (e.g. ['lm_head']) trained in full besides the biases, a copy per adapter, saved in "
+        "the adapter file. Default None: no such modules.")})
 
     def __post_init__(self):
         super().__post_init__()

@@ -37,9 +37,15 @@ class PeftConfig:
 
     peft_type: ClassVar[str] = ""
     is_prompt_learning: ClassVar[bool] = False
-    task_type: str | None = "CAUSAL_LM"
-    base_model_name_or_path: str | None = None
-    inference_mode: bool = False
+    task_type: str | None = dataclasses.field(default="CAUSAL_LM", metadata={"help": (
+        "The kind of model the adapter is for (peft's TaskType). peftedu builds causal language models only, so it "
+        "accepts 'CAUSAL_LM' (the default) or None; any other task type is an error.")})
+    base_model_name_or_path: str | None = dataclasses.field(default=None, metadata={"help": (
+        "Hub id or local folder of the base model the adapter was trained on, recorded in adapter_config.json. None "
+        "(the default) is filled from the model's name_or_path when the adapter is added.")})
+    inference_mode: bool = dataclasses.field(default=False, metadata={"help": (
+        "True: the adapter is loaded for inference only and its tensors are frozen (from_pretrained sets it to not "
+        "is_trainable). Default False: the adapter is trainable.")})
 
     def __post_init__(self):
         if self.task_type not in (None, "CAUSAL_LM"):
@@ -108,7 +114,10 @@ POSITION_METADATA_KEY = "peftedu_position_convention"
 
 def position_convention_field():
     """The ``position_convention`` field of a prompt method's config (kept out of adapter_config.json)."""
-    return dataclasses.field(default="peftedu", metadata={"in_config_file": False})
+    return dataclasses.field(default="peftedu", metadata={"in_config_file": False, "help": (
+        "How the real tokens' positions are numbered: 'peftedu' (default; from the attention mask, so a left-padded "
+        "row gets the logits it gets alone) or 'peft' (HF peft's forward: every slot counted, pads included). Not "
+        "written to adapter_config.json; see POSITION_CONVENTIONS.")})
 
 
 def check_position_convention(value) -> None:

@@ -61,10 +61,19 @@ class IA3Config(PeftConfig):
     """Field names and defaults as peft's ``IA3Config`` (targets chosen per architecture when None)."""
 
     peft_type = "IA3"
-    target_modules: list[str] | str | None = None
-    feedforward_modules: list[str] | str | None = None
-    modules_to_save: list[str] | None = None
-    init_ia3_weights: bool = True
+    target_modules: list[str] | str | None = dataclasses.field(default=None, metadata={"help": (
+        "The linear layers that get a learned scaling vector (Liu et al. 2022: l_k, l_v on the keys and values, l_ff "
+        "in the feed-forward): a list of name suffixes, a regex matching the whole name, or 'all-linear'. Default "
+        "None: peft's table per architecture (Llama: k_proj, v_proj, down_proj).")})
+    feedforward_modules: list[str] | str | None = dataclasses.field(default=None, metadata={"help": (
+        "The targets that are feed-forward layers: their input is scaled (the paper's l_ff) instead of their output. "
+        "Names or a regex, a subset of target_modules; default None: peft's table (Llama: down_proj).")})
+    modules_to_save: list[str] | None = dataclasses.field(default=None, metadata={"help": (
+        "Names of extra modules (e.g. ['lm_head']) trained in full besides the (IA)^3 vectors, a copy per adapter, "
+        "saved in the adapter file. Default None: no such modules.")})
+    init_ia3_weights: bool = dataclasses.field(default=True, metadata={"help": (
+        "True (default): the vectors l start at ones, so the model is unchanged at step 0 (the paper's init). False: "
+        "random N(0, 1) entries (peft's option, for tests).")})
 
     def __post_init__(self):
         super().__post_init__()

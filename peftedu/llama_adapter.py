@@ -46,9 +46,15 @@ class AdaptionPromptConfig(PeftConfig):
     """peft's ``AdaptionPromptConfig``: adapter_len prompt tokens in each of the top adapter_layers layers."""
 
     peft_type = "ADAPTION_PROMPT"
-    target_modules: str | None = "self_attn"
-    adapter_len: int | None = None
-    adapter_layers: int | None = None
+    target_modules: str | None = dataclasses.field(default="self_attn", metadata={"help": (
+        "The name of the attention submodules that get adaption prompts (peft's meaning). A string; default "
+        "'self_attn' (Llama, Mistral, Qwen2); None is read as 'self_attn'.")})
+    adapter_len: int | None = dataclasses.field(default=None, metadata={"help": (
+        "The adaption prompt length K (Zhang et al. 2023, LLaMA-Adapter): learned prompt vectors per adapted layer. "
+        "Required: a positive integer (the default None is an error).")})
+    adapter_layers: int | None = dataclasses.field(default=None, metadata={"help": (
+        "The number L of top attention layers that get an adaption prompt and a zero-initialised gate (Zhang et al. "
+        "2023). Required: a positive integer, at most the model's layer count.")})
 
     def __post_init__(self):
         super().__post_init__()

@@ -52,14 +52,32 @@ def default_lora_targets(model_or_type, which: str = "qv") -> list[str]:
 @dataclasses.dataclass
 class LoraConfig(PeftConfig):
     peft_type = "LORA"
-    r: int = 8
-    lora_alpha: float = 8
-    lora_dropout: float = 0.0
-    target_modules: list[str] | str | None = None
-    use_rslora: bool = False
-    use_dora: bool = False
-    modules_to_save: list[str] | None = None
-    bias: str = "none"
+    r: int = dataclasses.field(default=8, metadata={"help": (
+        "The LoRA rank r (Hu et al. 2021): the update is ΔW = B A with A: r × in and B: out × r, so each wrapped "
+        "layer trains r * (in + out) numbers. A positive integer; default 8.")})
+    lora_alpha: float = dataclasses.field(default=8, metadata={"help": (
+        "The paper's α (Hu et al. 2021): the update B A is multiplied by scaling = α/r (α/√r with use_rslora). A "
+        "positive number; the default 8 equals the default r, i.e. scaling 1.")})
+    lora_dropout: float = dataclasses.field(default=0.0, metadata={"help": (
+        "Dropout probability applied to the input x of the LoRA branch only (the frozen layer sees x unchanged). In "
+        "[0, 1); default 0.0, no dropout.")})
+    target_modules: list[str] | str | None = dataclasses.field(default=None, metadata={"help": (
+        "The linear layers that get a LoRA update: a list of name suffixes (['q_proj', 'v_proj'], the paper's W_q "
+        "and W_v), a regex that must match the whole module name, or 'all-linear' (every linear layer but the output "
+        "head). Required here: None (peft's per-architecture default) is an error.")})
+    use_rslora: bool = dataclasses.field(default=False, metadata={"help": (
+        "Rank-stabilized LoRA (rsLoRA, Kalajdzievski 2023): scaling = α/√r instead of α/r, which keeps the update's "
+        "size stable as r grows. Default False: the original α/r.")})
+    use_dora: bool = dataclasses.field(default=False, metadata={"help": (
+        "DoRA, weight-decomposed low-rank adaptation (Liu et al. 2024): W' = m · (W + s B A) / ||W + s B A||_c (s: "
+        "scaling; ||.||_c: norm of each output row), a trained magnitude m times a LoRA-updated direction. Default "
+        "False: plain LoRA.")})
+    modules_to_save: list[str] | None = dataclasses.field(default=None, metadata={"help": (
+        "Names of extra modules (e.g. ['lm_head']) that are trained in full besides the LoRA layers: each gets a "
+        "trainable copy per adapter, saved in the adapter file. Default None: no such modules.")})
+    bias: str = dataclasses.field(default="none", metadata={"help": (
+        "Which biases are trained with LoRA (peft: 'none', 'all' or 'lora_only'). peftedu's LoRA trains no biases, "
+        "so only the default 'none' is accepted.")})
 
     def __post_init__(self):
         super().__post_init__()

@@ -48,10 +48,18 @@ class PromptEncoderConfig(PromptLearningConfig):
     """peft's ``PromptEncoderConfig``."""
 
     peft_type = "P_TUNING"
-    encoder_reparameterization_type: str = "MLP"
-    encoder_hidden_size: int | None = None
-    encoder_num_layers: int = 2
-    encoder_dropout: float = 0.0
+    encoder_reparameterization_type: str = dataclasses.field(default="MLP", metadata={"help": (
+        "The prompt encoder (Liu et al. 2021, P-tuning) that makes the soft prompt from an embedding: 'MLP' "
+        "(default; three linear layers with ReLU) or 'LSTM' (the paper's bidirectional LSTM with a two-layer MLP "
+        "head).")})
+    encoder_hidden_size: int | None = dataclasses.field(default=None, metadata={"help": (
+        "The prompt encoder's hidden width H (MLP: d -> H -> H -> d; LSTM: H per direction). Required: a positive "
+        "integer (peft has no default).")})
+    encoder_num_layers: int = dataclasses.field(default=2, metadata={"help": (
+        "The number of stacked LSTM layers (LSTM encoder only; the MLP always has three linear layers, so leave it "
+        "at 2 there). A positive integer; default 2.")})
+    encoder_dropout: float = dataclasses.field(default=0.0, metadata={"help": (
+        "Dropout between the LSTM layers (LSTM encoder only; must stay 0 with the MLP). In [0, 1); default 0.0.")})
 
     def __post_init__(self):
         super().__post_init__()

@@ -71,14 +71,31 @@ class PrefixTuningConfig(PeftConfig):
 
     peft_type = "PREFIX_TUNING"
     is_prompt_learning = True
-    num_virtual_tokens: int | None = None
-    prefix_projection: bool = False
-    encoder_hidden_size: int | None = None
-    init_weights: str | None = None
-    num_layers: int | None = None
-    token_dim: int | None = None
-    num_attention_heads: int | None = None
-    num_transformer_submodules: int | None = 1
+    num_virtual_tokens: int | None = dataclasses.field(default=None, metadata={"help": (
+        "The prefix length p, the paper's |P_idx| (Li & Liang 2021): key/value vectors prepended in every attention "
+        "layer. Required: a positive integer (the default None is an error).")})
+    prefix_projection: bool = dataclasses.field(default=False, metadata={"help": (
+        "True: Li & Liang's reparameterisation, the prefix made by an MLP (Embedding(p, token_dim) -> Linear -> Tanh "
+        "-> Linear), more stable to train. False (default): the prefix itself is trained (P-tuning v2, Liu et al. "
+        "2021).")})
+    encoder_hidden_size: int | None = dataclasses.field(default=None, metadata={"help": (
+        "The hidden width of the prefix_projection MLP (unused without it). A positive integer; default None: "
+        "token_dim, filled in when the adapter is added.")})
+    init_weights: str | None = dataclasses.field(default=None, metadata={"help": (
+        "How the prefix parameters start: None (default) random (N(0, 1) embeddings, default Linear init, as peft), "
+        "or 'zero' (peft's option: the prefix starts as a no-op).")})
+    num_layers: int | None = dataclasses.field(default=None, metadata={"help": (
+        "The number L of transformer layers, each getting its own prefix. Default None: filled from the model when "
+        "the adapter is added; a different value is an error.")})
+    token_dim: int | None = dataclasses.field(default=None, metadata={"help": (
+        "The key/value width kv_heads × head_dim of one prefix vector (with grouped-query attention smaller than the "
+        "hidden size). Default None: filled from the model when the adapter is added.")})
+    num_attention_heads: int | None = dataclasses.field(default=None, metadata={"help": (
+        "The number of key/value heads the prefix is split into (peft stores the kv heads here, not the query "
+        "heads). Default None: filled from the model when the adapter is added.")})
+    num_transformer_submodules: int | None = dataclasses.field(default=1, metadata={"help": (
+        "peft's count of transformer stacks (2 for encoder-decoder models). peftedu builds decoder-only models, so "
+        "it must be 1 (default) or None.")})
     position_convention: str = position_convention_field()  # "peftedu" or "peft": see config.POSITION_CONVENTIONS
 
     def __post_init__(self):

@@ -67,11 +67,21 @@ class PromptLearningConfig(PeftConfig):
     from the model when the adapter is added (only ``token_dim``, the embedding width d, is used here)."""
 
     is_prompt_learning = True
-    num_virtual_tokens: int | None = None
-    token_dim: int | None = None
-    num_layers: int | None = None
-    num_attention_heads: int | None = None
-    num_transformer_submodules: int | None = 1
+    num_virtual_tokens: int | None = dataclasses.field(default=None, metadata={"help": (
+        "The soft prompt length p (Lester et al. 2021; P-tuning, Liu et al. 2021): trainable vectors prepended to "
+        "the input embeddings. Required: a positive integer (the default None is an error).")})
+    token_dim: int | None = dataclasses.field(default=None, metadata={"help": (
+        "The embedding width d of each prompt vector. Default None: filled from the model's input embeddings when "
+        "the adapter is added; a different value is an error.")})
+    num_layers: int | None = dataclasses.field(default=None, metadata={"help": (
+        "The model's number of transformer layers, recorded for peft (unused by these methods). Default None: filled "
+        "from the model's config when the adapter is added.")})
+    num_attention_heads: int | None = dataclasses.field(default=None, metadata={"help": (
+        "The model's number of attention heads, recorded for peft (unused by these methods). Default None: filled "
+        "from the model's config when the adapter is added.")})
+    num_transformer_submodules: int | None = dataclasses.field(default=1, metadata={"help": (
+        "peft's count of transformer stacks (2 for encoder-decoder models). peftedu builds decoder-only models, so "
+        "it must be 1 (default) or None.")})
     position_convention: str = position_convention_field()  # "peftedu" or "peft": see config.POSITION_CONVENTIONS
 
     def __post_init__(self):
@@ -89,11 +99,22 @@ class PromptTuningConfig(PromptLearningConfig):
     ``tokenizer_name_or_path`` (never saved; its ``name_or_path`` is saved, so peft can read the config)."""
 
     peft_type = "PROMPT_TUNING"
-    prompt_tuning_init: str = "RANDOM"
-    prompt_tuning_init_text: str | None = None
-    tokenizer_name_or_path: str | None = None
-    tokenizer_kwargs: dict | None = None
-    tokenizer: Any = dataclasses.field(default=None, repr=False, compare=False)
+    prompt_tuning_init: str = dataclasses.field(default="RANDOM", metadata={"help": (
+        "How the soft prompt starts (Lester et al. 2021 compare such inits): 'RANDOM' (default, N(0, 1)), 'TEXT' "
+        "(the embeddings of prompt_tuning_init_text's tokens) or 'SAMPLE_VOCAB' (the paper's sampled vocabulary: "
+        "embeddings of p random tokens).")})
+    prompt_tuning_init_text: str | None = dataclasses.field(default=None, metadata={"help": (
+        "The text whose token embeddings start the prompt, cut to or repeated to p tokens. Required with "
+        "prompt_tuning_init='TEXT', unused otherwise; default None.")})
+    tokenizer_name_or_path: str | None = dataclasses.field(default=None, metadata={"help": (
+        "Hub id or local folder of the tokenizer for 'TEXT' init (filled from tokenizer's name_or_path when a "
+        "tokenizer object is given). Default None; required with 'TEXT'.")})
+    tokenizer_kwargs: dict | None = dataclasses.field(default=None, metadata={"help": (
+        "Keyword arguments for AutoTokenizer.from_pretrained when loading tokenizer_name_or_path ('TEXT' init only). "
+        "Default None.")})
+    tokenizer: Any = dataclasses.field(default=None, repr=False, compare=False, metadata={"help": (
+        "A tokenizer object to use for 'TEXT' init instead of loading tokenizer_name_or_path (peftedu's addition). "
+        "Never saved, not compared; default None.")})
 
     def __post_init__(self):
         super().__post_init__()
