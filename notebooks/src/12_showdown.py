@@ -409,6 +409,73 @@ assert sorted(twin_rows) == ["dora", "ia3", "lora", "prefix_tuning"]
 assert all(r["memory_ratio_vs_peft"] <= 1.05 for r in logged if "memory_ratio_vs_peft" in r)
 
 # %% [markdown]
+# ### 7.1 Will it fit? Every method at 1B scale against a 16 GB and a 24 GB card (显存)
+#
+# The learner's question on a T4 or V100 (16 GB) or an RTX 3090/4090, A10 or L4 (24 GB): which method trains
+# TinyLlama-1.1B or Qwen2.5-1.5B in the `full` profile (batches of 16) without running out of memory? Each method is
+# applied with the showdown's own settings to a **meta-device** copy of each architecture (exact parameter counts, no
+# memory), and `peftedu.gpu_memory.estimate` adds up weights (bf16 base; NF4 with double quantization for QLoRA),
+# gradients and AdamW states (bf16 for full fine-tuning, fp32 for the adapters), the activations of one step without
+# recomputation (34·s·b·d bytes per layer, Korthikanti et al. 2022, with SDPA keeping no score matrix), the fp32
+# logits of the loss, and the fp32 copies of the inputs that LoRA-family and bottleneck adapters cast before their
+# adapter. Batches pad to their longest row, so the length is the longest training row of the two tasks.
+#
+# These are **estimates**: on an H200 the same arithmetic was 15% under full fine-tuning's measured peak and 2% over
+# LoRA's (results/throughput_nvidia_h200.json, at 8 × 2,048 tokens), so "yes" means under 80% of the card, "tight"
+# under 100% (it may fit; halve the batch and double `grad_accum` if not), "no" above. The measured column fills
+# in when a GPU run of `scripts/gpu_check.sh` has committed its per-method peaks; no such run exists yet.
+
+# %%
+from peftedu import gpu_memory
+from peftedu.data import generate_task
+from peftedu.training import get_profile
+
+full_profile = get_profile("full")
+train_rows = generate_task("topic")["train"] + generate_task("extract")["train"]
+fit_len = gpu_memory.padded_length(tokenizer, train_rows, full_profile.batch_size, full_profile.max_length)
+fit_configs = {"TinyLlama-1.1B": load_model_config("tinyllama-1.1b"), "Qwen2.5-1.5B": load_model_config("qwen2.5-1.5b")}
+# a GPU run of scripts/gpu_check.sh commits results/memory_<model>.json: the measured peaks join the table
+gpu_runs = {label: REPO_ROOT / "results" / f"memory_{label.lower()}.json" for label in fit_configs}
+gpu_runs = {label: path for label, path in gpu_runs.items() if path.exists()}
+fit_md, fit = gpu_memory.fit_table(fit_configs, batch_size=full_profile.batch_size, seq_len=fit_len, measured=gpu_runs)
+print(f"batch {full_profile.batch_size} x {fit_len} tokens (the longest training row with {model_name()}'s tokenizer), bf16")
+print("measured on a GPU:", ", ".join(gpu_runs) or "none yet (estimates only)")
+display(Markdown(fit_md))
+for label, gb in fit.items():
+    peft_methods = [m for m in gb if m != "full"]
+    assert all(gb[m] < gb["full"] for m in peft_methods), label  # every PEFT method needs less than full fine-tuning
+    assert gb["qlora"] < gb["lora"], label  # the 4-bit base saves what it stores
+    print(f"{label}: full fine-tuning {gb['full'] / min(gb[m] for m in peft_methods):.1f}x the leanest PEFT method; "
+          f"{sum(gpu_memory.verdict(gb[m], 16) == 'yes' for m in peft_methods)} of {len(peft_methods)} PEFT methods "
+          f"fit a 16 GB card with headroom, full fine-tuning: {gpu_memory.verdict(gb['full'], 16)}")
+
+# %% [markdown]
+# Your own data will be longer than these short rows. The same estimate at 512 tokens per row (batch 16, no
+# gradient checkpointing), where activations grow with the length and the weights do not:
+
+# %%
+long_md, long_fit = gpu_memory.fit_table(fit_configs, batch_size=full_profile.batch_size, seq_len=512)
+display(Markdown(long_md))
+for label in fit:
+    print(f"{label} at 512 tokens: {sum(gpu_memory.verdict(gb, 24) != 'no' for gb in long_fit[label].values())} of "
+          f"{len(long_fit[label])} methods may fit 24 GB, {sum(gpu_memory.verdict(gb, 16) != 'no' for gb in long_fit[label].values())} may fit 16 GB")
+    assert all(long_fit[label][m] > fit[label][m] for m in fit[label])  # longer rows, more activations
+    assert all(1 < table[label]["lora"] - table[label]["qlora"] < 2.2 for table in (fit, long_fit))  # QLoRA: 1-2 GB
+assert long_fit["TinyLlama-1.1B"]["lora"] > 0.9 * long_fit["TinyLlama-1.1B"]["full"]  # fp32 input copies
+
+# %% [markdown]
+# Read the tables with the arithmetic beside them: at the tasks' short length the frozen bf16 weights (2.2 and
+# 3.1 GB) and the activations are most of every PEFT row, so the methods differ by a gigabyte or two; at 512 tokens
+# the activations dominate every row, and the batch and sequence length (or gradient checkpointing) matter more than
+# the choice of PEFT method. The LoRA family pays a visible premium for its fp32 input copies (four attention
+# projections per layer, kept for the backward pass): at 512 tokens they bring LoRA within a few percent of full
+# fine-tuning on TinyLlama, the same effect the H200 measured at 2,048 tokens (README, "Throughput"). Gradient
+# checkpointing, or adapters kept in bf16, removes most of it. QLoRA stores the base in 4 bits and saves 1–2 GB on
+# top. Full fine-tuning adds gradients and two AdamW moments for every weight: at the tasks' length on
+# Qwen2.5-1.5B that is what separates a 16 GB card from a 24 GB one. Qwen2.5's large vocabulary (151,936 tokens)
+# also makes the fp32 logits of the loss a sizeable share of every row.
+
+# %% [markdown]
 # ## 8. What this showdown can and cannot tell you
 #
 # * It is one seed, one small model (135M), one easy task, twelve steps and 48 test rows: a difference of one or two
@@ -432,6 +499,9 @@ assert all(r["memory_ratio_vs_peft"] <= 1.05 for r in logged if "memory_ratio_vs
 #   memory, QLoRA stores the base in under a third), not step time: at 16 short examples per step the GPU waits on
 #   kernel launches.
 # * A mixed batch of many adapters gives the same outputs as switching adapters and serves them faster.
+# * At 1B scale (TinyLlama-1.1B, Qwen2.5-1.5B; estimates, section 7.1) every PEFT method trains the tasks' short
+#   rows on a 16 GB card; full fine-tuning of Qwen2.5-1.5B needs a 24 GB one, and at 512-token rows activations
+#   outweigh the method.
 #
 # ## Interview corner
 #
