@@ -14,7 +14,8 @@ head and L layers::
     O = A V' (N, h, T, d_h) -> (N, T, h * d_h) -> o_proj -> (N, T, d_model)
 
 Rotary embeddings are left out (they change values, not shapes). :func:`prefix_shape_explorer` wraps the
-walkthrough in ipywidgets sliders (p, T, batch) and an architecture dropdown.
+walkthrough in ipywidgets sliders (p, T, batch) and an architecture dropdown (a monospace table; in a static
+rendering, the default setting's table and a note that the controls need a kernel).
 """
 
 from __future__ import annotations
@@ -162,21 +163,58 @@ def format_walkthrough(steps: list[Step]) -> str:
     return "\n".join(f"{s.name:<{width}}  {str(s.shape):<24}  {s.explanation}" for s in steps)
 
 
+STATIC_NOTE = "Run this cell in a live notebook to explore: the controls need a running kernel."
+
+
+def _explorer_text(name: str, batch: int, seq_len: int, num_virtual_tokens: int) -> str:
+    """The explorer's text for one setting: a header line and the walkthrough table."""
+    steps = prefix_shape_walkthrough(name, batch, seq_len, num_virtual_tokens)
+    return f"{name}: N={batch}, T={seq_len}, p={num_virtual_tokens}\n{format_walkthrough(steps)}"
+
+
+def _preformatted(text: str) -> str:
+    """Monospace HTML that never wraps a line (a wide table scrolls sideways instead of breaking words)."""
+    import html
+
+    return ('<pre style="white-space: pre; word-break: normal; overflow-wrap: normal; overflow-x: auto; '
+            f'font-family: monospace; font-size: 12px; line-height: 1.35; margin: 0">{html.escape(text)}</pre>')
+
+
 def prefix_shape_explorer(architectures=ARCHITECTURES, num_virtual_tokens: int = 4, seq_len: int = 5,
                           batch: int = 2):
-    """Sliders for p, T and batch plus an architecture dropdown; prints :func:`prefix_shape_walkthrough`.
-    Returns an ipywidgets ``VBox`` (builds headless; architectures are built on the meta device)."""
+    """Sliders for p, T and batch plus an architecture dropdown; shows :func:`prefix_shape_walkthrough` as a
+    monospace table that never wraps mid-word. Returns an ipywidgets ``VBox`` (builds headless; architectures
+    are built on the meta device): ``children[0]`` holds the controls, ``children[1]`` the table (an ``HTML``
+    widget). Where no kernel runs (a static rendering of the notebook), it shows the table for the default
+    setting and :data:`STATIC_NOTE` instead of the controls."""
     import ipywidgets as widgets
 
     architectures = list(architectures)
-    arch = widgets.Dropdown(options=architectures, value=architectures[0], description="model")
-    p = widgets.IntSlider(value=num_virtual_tokens, min=1, max=64, description="p (prefix)")
-    t = widgets.IntSlider(value=seq_len, min=1, max=64, description="T (tokens)")
-    n = widgets.IntSlider(value=batch, min=1, max=8, description="N (batch)")
+    style, layout = {"description_width": "initial"}, widgets.Layout(width="auto")
+    arch = widgets.Dropdown(options=architectures, value=architectures[0], description="model", style=style,
+                            layout=layout)
+    p = widgets.IntSlider(value=num_virtual_tokens, min=1, max=64, description="p (prefix)", style=style)
+    t = widgets.IntSlider(value=seq_len, min=1, max=64, description="T (tokens)", style=style)
+    n = widgets.IntSlider(value=batch, min=1, max=8, description="N (batch)", style=style)
+    table = widgets.HTML(layout=widgets.Layout(width="100%", overflow="auto"))
+    static_text = _explorer_text(arch.value, n.value, t.value, p.value)
 
-    def update(name, p_value, t_value, n_value):
-        print(f"{name}: N={n_value}, T={t_value}, p={p_value}")
-        print(format_walkthrough(prefix_shape_walkthrough(name, n_value, t_value, p_value)))
+    def update(_change=None):
+        table.value = _preformatted(_explorer_text(arch.value, n.value, t.value, p.value))
 
-    out = widgets.interactive_output(update, {"name": arch, "p_value": p, "t_value": t, "n_value": n})
-    return widgets.VBox([widgets.HBox([arch, p, t, n]), out])
+    for control in (arch, p, t, n):
+        control.observe(update, names="value")
+    update()
+
+    class ShapeExplorer(widgets.VBox):
+        """The widget in a live notebook; a readable table (text/plain, text/html) in a static one."""
+
+        def _repr_mimebundle_(self, **kwargs):
+            bundle = super()._repr_mimebundle_(**kwargs) or {}
+            bundle = dict(bundle) if isinstance(bundle, dict) else {}
+            bundle["text/plain"] = f"{static_text}\n{STATIC_NOTE}"
+            bundle["text/html"] = _preformatted(static_text) + f"<p><i>{STATIC_NOTE}</i></p>"
+            return bundle
+
+    controls = widgets.HBox([arch, p, t, n], layout=widgets.Layout(flex_flow="row wrap"))
+    return ShapeExplorer([controls, table])

@@ -248,7 +248,7 @@ def test_walkthrough_on_smollm2_gqa(smollm2):
     assert steps["O = A V'"] == (2, 9, 5, 64) and steps["output"] == (2, 5, 576)
 
 
-def test_walkthrough_on_bloom_meta_and_explorer(capsys):
+def test_walkthrough_on_bloom_meta_and_explorer():
     steps = prefix_shape_walkthrough("bloom-1b4-zh", batch=3, seq_len=7, num_virtual_tokens=10)
     names = [s.name for s in steps]
     assert names[0] == "x" and names[-1] == "output" and "K' per query head" not in names  # no GQA
@@ -261,11 +261,17 @@ def test_walkthrough_on_bloom_meta_and_explorer(capsys):
     with pytest.raises(ValueError, match="seq_len"):
         prefix_shape_walkthrough("bloom-1b4-zh", seq_len=0)
     widget = prefix_shape_explorer(["bloom-1b4-zh", "smollm2-135m"])
-    assert "bloom-1b4-zh: N=2, T=5, p=4" in capsys.readouterr().out
+    table = widget.children[1]
+    assert "bloom-1b4-zh: N=2, T=5, p=4" in table.value and "white-space: pre" in table.value  # no wrapping
+    static = widget._repr_mimebundle_()  # what a notebook stores: the widget, and text for static viewers
+    assert "application/vnd.jupyter.widget-view+json" in static
+    assert static["text/plain"].startswith("bloom-1b4-zh: N=2, T=5, p=4") and "VBox" not in static["text/plain"]
+    assert static["text/plain"].endswith("the controls need a running kernel.") and "<pre" in static["text/html"]
     arch, p, _, _ = widget.children[0].children
     p.value = 6
     arch.value = "smollm2-135m"
-    assert "(2, 9, 5, 11)" in capsys.readouterr().out  # scores (N, h, T, p + T)
+    assert "(2, 9, 5, 11)" in table.value  # scores (N, h, T, p + T)
+    assert "bloom-1b4-zh: N=2, T=5, p=4" in widget._repr_mimebundle_()["text/plain"]  # static: the default
 
 
 def test_prefix_from_text_is_the_cache_of_reading_the_text_first(smollm2):

@@ -92,7 +92,7 @@ base_logits = logits_of(model)
 print("probe batch:", tuple(probe["input_ids"].shape), "-> logits", tuple(base_logits.shape))
 
 # %% [markdown]
-# ## 1. What BitFit trains
+# ## 1. What BitFit trains: the bias terms (偏置)
 #
 # Almost every layer of a transformer ends by adding a vector. A linear layer and a LayerNorm compute
 #
@@ -539,8 +539,9 @@ else:
 # %% [markdown]
 # ## Summary
 #
-# * BitFit trains the bias vectors and freezes everything else: on bloom-1b4-zh's architecture 544,768 of
-#   1,303,111,680 parameters, **0.0418 %** (source 002's 0.418 % is ten times too large); on BERT-large 0.08 %.
+# * BitFit is selective fine-tuning (选择性微调): it trains the bias vectors and freezes everything else: on
+#   bloom-1b4-zh's architecture 544,768 of 1,303,111,680 parameters, **0.0418 %** (source 002's 0.418 % is ten times
+#   too large); on BERT-large 0.08 %.
 # * Llama-family models have no biases, so the tutorial's recipe trains nothing there. Adding zero-initialised biases
 #   to every linear layer but the head (155,520 on SmolLM2) keeps the model unchanged at step 0 and makes BitFit work.
 # * From scratch it is two small functions (`add_zero_biases`, `mark_only_biases_trainable`); `peftedu.BitFitConfig`

@@ -62,7 +62,7 @@ takes_positions = "position_ids" in inspect.signature(model.forward).parameters
 print("profile:", get_profile().name)
 
 # %% [markdown]
-# ## 1. The intuition: a memory of `p` tokens the model never read
+# ## 1. The intuition: a memory of `p` tokens the model never read (a key/value cache, 键值缓存)
 #
 # When a decoder generates text it caches the keys and values of the tokens it has already read (the
 # *key/value cache*, `past_key_values`, KV cache). Prefix tuning hands the model a cache that no text produced:
@@ -378,11 +378,37 @@ if h_kv < h:
     assert counted == hidden_dim_formula * h_kv // h
 
 # %% [markdown]
+# **Prefix tuning vs prompt tuning (提示微调), per virtual token.** Prompt tuning (notebook 02) trains one input
+# embedding of `d_model` numbers per virtual token; prefix tuning trains a key and a value in each layer,
+# `2 × L × h_kv × d_h` numbers. The ratio is `2L` only when `h_kv × d_h = d_model` (no GQA, as in BLOOM); with GQA it
+# is `2L × h_kv / h`. From the config of the model in use, checked against the trainable parameters that both methods
+# really create with the same `p` (on the meta device):
+
+# %%
+prefix_per_token, prompt_per_token = 2 * L * h_kv * d_h, d_model
+with torch.device("meta"):
+    counted_prefix = get_peft_model(transformers.AutoModelForCausalLM.from_config(model.config),
+                                    PrefixTuningConfig(num_virtual_tokens=p)).get_nb_trainable_parameters()[0]
+    counted_prompt = get_peft_model(transformers.AutoModelForCausalLM.from_config(model.config),
+                                    peftedu.PromptTuningConfig(num_virtual_tokens=p)).get_nb_trainable_parameters()[0]
+ratio = prefix_per_token / prompt_per_token
+print(f"per virtual token: prefix 2 x L x h_kv x d_h = 2 x {L} x {h_kv} x {d_h} = {prefix_per_token:,}; "
+      f"prompt d_model = {prompt_per_token:,}")
+print(f"p={p}: prefix tuning trains {counted_prefix:,}, prompt tuning {counted_prompt:,}: "
+      f"{ratio:g} x (2L would say {2 * L})")
+assert (counted_prefix, counted_prompt) == (p * prefix_per_token, p * prompt_per_token)
+assert counted_prefix * prompt_per_token == counted_prompt * prefix_per_token  # the counted ratio is the formula's
+assert (ratio == 2 * L) == (h_kv * d_h == d_model)
+if model.name_or_path == peftedu.models.MODEL_ALIASES[peftedu.DEFAULT_MODEL]:
+    assert ratio == 20  # SmolLM2-135M: 2 x 30 x 3 x 64 / 576, not 2L = 60
+
+# %% [markdown]
 # ### Explore the shapes yourself
 #
 # Sliders for `p`, `T` and `N` and a dropdown of architectures (all built on the meta device, so even the 1.7B
-# models cost nothing); every change reprints the walkthrough. The widget needs a live Jupyter kernel: a static
-# rendering of this notebook shows only its description.
+# models cost nothing); every change redraws the walkthrough as a monospace table (wide lines scroll sideways,
+# never break mid-word). The controls need a live Jupyter kernel: a static rendering of this notebook shows the
+# table of the default setting instead, with a line saying so.
 
 # %% tags=["nbval-ignore-output"]
 explorer = prefix_shape_explorer()
@@ -444,7 +470,7 @@ print("after one forward the cache holds", cache.get_seq_length(), "positions")
 assert cache.get_seq_length() == p + T  # ...this one now holds prefix + tokens
 
 # %% [markdown]
-# ## 5. Which positions do the real tokens take?
+# ## 5. Position encoding (位置编码): which positions do the real tokens take?
 #
 # A cache normally holds tokens that *were* read, at positions `0..p-1`, so by default transformers places new
 # tokens after it, at `p..p+T-1`. But the prefix was never read at any position: its keys are stored **unrotated**.
@@ -548,7 +574,7 @@ cmp("scratch changes the base model's logits", scratch[tokens], model(**batch).l
 del theirs, ours
 
 # %% [markdown]
-# ## 7. `prefix_projection`: the reparameterisation and its cost
+# ## 7. `prefix_projection`: the reparameterisation (重参数化) and its cost
 #
 # Li & Liang found that optimising the prefix directly was unstable, so they trained a small MLP that *produces*
 # it: an embedding `(p, token_dim)` → `Linear(token_dim, encoder_hidden_size)` → `tanh` →
@@ -665,6 +691,71 @@ if is_pretrained(model):
 else:
     print("random weights: no text is 'real words' to them; checked only that all three losses are finite")
     assert all(math.isfinite(v) for v in (loss_base, loss_random, loss_text))
+
+# %% [markdown]
+# **A zero prefix is not "no prefix".** Zeros look like a neutral start (`init_weights="zero"`), but a zero key still
+# gets a score — `q · 0 = 0`, plus ALiBi's bias on BLOOM — and so still takes softmax mass, while its zero value adds
+# nothing to the output. In every head and for every token, the output is the no-prefix output scaled by
+#
+# $$\frac{Z}{Z + \sum_{j<p} e^{s_j}},\qquad Z = \sum_{\text{real keys } k} e^{s_k}$$
+#
+# (scores `s` shifted by the row's maximum, as softmax does; on a rotary model every `s_j = 0`, so the sum is `p`
+# before the shift: `Z / (Z + p)`). Every attention layer's output shrinks, so the model is not the base model. We
+# check the prediction on layer 0 — it reads the same `x` with and without a prefix — with the scores of section 2
+# (the model's real attention, its ALiBi bias included), then compare the losses. LLaMA-Adapter (notebook 05) avoids
+# exactly this: its prompt gets its own softmax, multiplied by a gate that starts at 0.
+
+# %%
+base = peft_model.base_model  # the frozen model under the prefix (what model was)
+out_proj = attention_projections(attention_layers(base)[0])[3]  # layer 0's o_proj (BLOOM: dense)
+heads_in = []  # what it reads: the heads side by side, (N, T, h * d_h)
+hook = out_proj.register_forward_pre_hook(lambda module, args: heads_in.append(args[0]))
+zero_prefix = torch.zeros(p, L * 2 * h_kv * d_h, device=device, dtype=model.dtype)  # p virtual tokens, as in section 2
+with torch.no_grad():
+    base(input_ids=input_ids, **position_kwargs)  # no prefix
+    base(input_ids=input_ids, attention_mask=torch.ones(N, p + T, dtype=torch.long, device=device),
+         cache=DynamicCache(prefix_key_values(zero_prefix, L, h_kv, d_h, N), config=base.config), **position_kwargs)
+hook.remove()
+without_prefix, with_zero_prefix = heads_in
+
+# The prediction, from section 2's scores (layer 0 reads the same x with or without a prefix; BLOOM: with ALiBi).
+with torch.no_grad():
+    bias = position_bias.to(device).expand(N, h, T, p + T)  # 0 on rotary models
+    real_scores = Q_pos @ K_pos.repeat_interleave(groups, dim=1).transpose(-1, -2) / math.sqrt(d_h) + bias[..., p:]
+    real_scores = real_scores.masked_fill(~keep[:, p:], float("-inf"))  # causal over the real tokens
+    zero_key_scores = bias[..., :p]  # q . 0 = 0, plus ALiBi's bias on BLOOM
+    shift = torch.maximum(real_scores.amax(-1), zero_key_scores.amax(-1))[..., None]  # softmax's max shift
+    Z = torch.exp(real_scores - shift).sum(-1)  # (N, h, T)
+    Z_prefix = torch.exp(zero_key_scores - shift).sum(-1)  # = p e^(-shift) when the zero keys score 0
+    scale = Z / (Z + Z_prefix)
+    predicted = (without_prefix.view(N, T, h, d_h) * scale.transpose(1, 2)[..., None]).reshape(N, T, h * d_h)
+if rotary is not None:
+    assert torch.allclose(Z_prefix * torch.exp(shift[..., 0]), torch.full_like(Z_prefix, p))  # exactly p e^0
+print(f"layer 0, per head and token: the output is scaled by Z/(Z + Σ e^s_j), between {measured(scale.min().item())} "
+      f"and {measured(scale.max().item())}")
+assert (scale < 1).all()
+# two routes (the model's attention over p + T keys; ours over T, then scaled): d_h-long scores, p + T-long sums
+zero_prefix_tol = rounding_tolerance(model.dtype, magnitude=without_prefix.abs().max().item(), terms=d_h * (p + T))
+cmp("layer 0 heads: zero prefix vs Z/(Z+p) x none", with_zero_prefix, predicted, atol=zero_prefix_tol)
+cmp("layer 0 heads: zero prefix vs no prefix", with_zero_prefix, without_prefix, atol=zero_prefix_tol,
+    expect="different")
+
+with torch.no_grad():
+    weight.copy_(torch.zeros_like(weight))  # the whole prefix of section 8 (p = 16) at zero
+    zero_prefix_output = peft_model(**first_batch)
+    weight.copy_(text_prefix)  # back to the real-word prefix for training
+    with peft_model.disable_adapter():
+        no_prefix_logits = peft_model(**first_batch).logits
+loss_zero = zero_prefix_output.loss.item()
+print(f"loss on the 8 training examples: no prefix {measured(loss_base)}, zero prefix {measured(loss_zero)}")
+_ = cmp("logits: zero prefix vs no prefix", zero_prefix_output.logits, no_prefix_logits,
+        atol=logits_tolerance(no_prefix_logits), expect="different")
+if is_pretrained(model):
+    _ = cmp("loss: zero prefix vs no prefix", torch.tensor(loss_zero), torch.tensor(loss_base),
+            atol=logits_tolerance(torch.tensor(loss_base)), expect="different")
+else:
+    print("random weights: near-uniform logits make the loss insensitive; the verdict is on the logits")
+del zero_prefix_output, no_prefix_logits
 
 # %% [markdown]
 # Before training we also record how much attention the last prompt token — the one whose logits pick the
@@ -835,8 +926,9 @@ del as_peft, as_ours, by_peft
 # that the first layer reads like words; prefix tuning adds trainable *keys and values in every layer*
 # (`p × L × 2 × h_kv × d_h`). The prefix acts directly inside each layer instead of having to survive the whole
 # stack, which is why deep prompts hold up on smaller models where input-only prompts fall behind (the P-tuning v2
-# paper's finding), at the cost of `2L` times more parameters and a longer
-# attention in every layer.
+# paper's finding), at the cost of more parameters and a longer attention in every layer. Per virtual token that is
+# `2 × L × h_kv × d_h` against `d_model`: `2L` times more only without GQA (BLOOM); on SmolLM2-135M
+# `2 × 30 × 3 × 64 / 576 = 20×`, not 60× (computed and checked from the config in section 3).
 #
 # **Q2. Why prefix the keys and values, not the queries?** A query only produces an output for its own position.
 # Extra queries would add output rows that no real token reads. Extra keys and values change what every real
@@ -929,8 +1021,10 @@ del as_peft, as_ours, by_peft
 #     print(init, lr, round(history.loss[0], 2), evaluate(candidate, tokenizer, "topic")["score"])
 # ```
 # The N(0, 1) prefix starts with a loss far above the base model's and, in 12 steps of Adam (each moving a number by
-# about the learning rate), barely gets rid of its noise at `1e-2`. The zero prefix starts at the base model's
-# loss. But every zero virtual token gets the same score from every query and the same gradient, so the tokens
+# about the learning rate), barely gets rid of its noise at `1e-2`. The zero prefix does *not* start at the base
+# model's loss: its keys score 0 and still take softmax mass while its values add nothing, so every head's output
+# shrinks by `Z / (Z + p)` (section 8 measures it; LLaMA-Adapter's zero-initialised gate is what avoids this).
+# And every zero virtual token gets the same score from every query and the same gradient, so the tokens
 # never become different: a zero prefix of any length behaves like `p` copies of one key/value pair per layer.
 # Real-word (or random) initialisation breaks that symmetry.
 # </details>

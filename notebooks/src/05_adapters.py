@@ -15,8 +15,9 @@
 #
 # * build a bottleneck adapter from scratch — down-projection, nonlinearity, up-projection, residual — and explain
 #   why the up-projection starts at zero (the model is unchanged at step 0, asserted);
-# * show that your cells equal `peftedu.adapters` (HF peft has no Houlsby or Pfeiffer adapters), and that
-#   `peftedu.AdaptionPromptConfig` equals HF peft's `AdaptionPromptConfig`;
+# * show that your cells equal `peftedu.adapters` (HF peft has no Houlsby or Pfeiffer adapters);
+# * build LLaMA-Adapter's gated attention module from scratch and show that it equals `peftedu.AdaptionPromptConfig`
+#   and HF peft's `AdaptionPromptConfig` with the same prompts and gates;
 # * count the parameters of each design, check the source tutorials' counts and shares, and measure the inference
 #   overhead that adapters — unlike LoRA — cannot merge away;
 # * train a Houlsby adapter on the `topic` task, save it and reload it.
@@ -49,6 +50,7 @@ from peftedu.compare import cmp, measured, rounding_tolerance
 from peftedu.data import TrainingCollator, build_prompt, collate_for_generation, load_task, tokenize_example
 from peftedu.llama_adapter import AdaptedAttention
 from peftedu.models import DEFAULT_MODEL, MODEL_ALIASES, build_from_config, is_pretrained, load_base
+from peftedu.explorers import decoder_layers
 from peftedu.prefix_shapes import attention_layers
 from peftedu.training import evaluate, generate_answers, get_profile, plot_history, train
 
@@ -132,7 +134,7 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ## 2. A bottleneck adapter from scratch
+# ## 2. A bottleneck (瓶颈) adapter from scratch
 #
 # ### Step 1: the bottleneck module
 #
@@ -350,7 +352,7 @@ del meta
 #   And source 003 draws a LayerNorm inside the Houlsby adapter: the paper's adapter is down → nonlinearity → up with a
 #   skip connection (Houlsby et al. also train the model's own layer-norm parameters, which we keep frozen).
 #
-# ## 4. LLaMA-Adapter: gated adaption prompts
+# ## 4. LLaMA-Adapter: adaption prompts behind a gate (门控), zero-init attention (零初始化注意力)
 #
 # In each of the top `adapter_layers` attention layers, LLaMA-Adapter learns a prompt P (adapter_len × d). The layer's
 # own frozen projections turn it into keys and values, and the queries of the real tokens attend to them in a
@@ -359,8 +361,8 @@ del meta
 # $$ \text{out} = \text{attention}(x) + W_o\big[\, g \cdot \text{softmax}(Q K_P^\top / \sqrt{d_h})\, V_P \big], \qquad K_P = P W_k^\top,\; V_P = P W_v^\top $$
 #
 # g starts at **0**, so the model is the pretrained one at step 0 — yet g receives a gradient (the bracket is not
-# zero), and once g moves, so does P. We build it for the top layer from the inputs its attention module really
-# receives on the probe batch (captured with a hook), and check each shape.
+# zero), and once g moves, so does P. We build it step by step for the top layer from the inputs its attention
+# module really receives on the probe batch (captured with a hook), checking each shape, then as a whole module.
 #
 # LLaMA-Adapter needs Llama-style attention: separate `q_proj`, `k_proj`, `v_proj`, `o_proj` and rotary positions
 # (the queries are rotated before they meet the prompt). Llama, Mistral and Qwen2 have them; BLOOM has a fused
@@ -416,11 +418,78 @@ else:
     assert bracket.shape == hidden.shape and bracket.abs().max() > 0  # the gate's gradient is this, summed: not zero
 
 # %% [markdown]
+# ### The whole module from scratch
+#
+# The same steps as one `nn.Module` that wraps a frozen attention layer: an adaption prompt of `adapter_len` tokens
+# (N(0, 1)) and a gate (0), the prompt's keys and values from the layer's own `k_proj` and `v_proj`, repeated to the
+# query heads (GQA), its own softmax, and `g · W_o[...]` added to the layer's output. `add_llama_adapter` wraps the
+# top `adapter_layers` blocks. Checks: with g = 0 the model is the base model, bit for bit; the module's addition
+# equals the step-by-step bracket above.
+
+# %%
+class LlamaAdapterAttention(nn.Module):
+    """out = attention(x) + g * W_o [softmax(Q K_P^T / sqrt(d_h)) V_P],  K_P = k_proj(P), V_P = v_proj(P); g = 0 at first."""
+
+    def __init__(self, attention: nn.Module, adapter_len: int):
+        super().__init__()
+        self.attention = attention  # frozen Llama-style attention: q_proj, k_proj, v_proj, o_proj, head_dim
+        weight = attention.q_proj.weight
+        self.prompt = nn.Parameter(torch.randn(1, adapter_len, attention.q_proj.in_features,
+                                               device=weight.device, dtype=weight.dtype))  # (1, adapter_len, d)
+        self.gate = nn.Parameter(torch.zeros(1, device=weight.device, dtype=weight.dtype))  # zero-init
+
+    def prompt_attention(self, hidden_states, cos, sin):
+        """W_o [softmax(Q K_P^T / sqrt(d_h)) V_P]: what the prompt adds before the gate, (N, T, d)."""
+        attn, d_h, length = self.attention, self.attention.head_dim, self.prompt.shape[1]
+        n, t, _ = hidden_states.shape
+        heads, kv_heads = attn.q_proj.out_features // d_h, attn.k_proj.out_features // d_h
+        key = attn.k_proj(self.prompt).view(1, length, kv_heads, d_h).transpose(1, 2)  # (1, h_kv, adapter_len, d_h)
+        value = attn.v_proj(self.prompt).view(1, length, kv_heads, d_h).transpose(1, 2)
+        key = key.repeat_interleave(heads // kv_heads, dim=1)  # GQA: each kv head serves heads // kv_heads queries
+        value = value.repeat_interleave(heads // kv_heads, dim=1)
+        query = attn.q_proj(hidden_states).view(n, t, heads, d_h).transpose(1, 2)  # (N, h, T, d_h)
+        query = query * cos.unsqueeze(1) + rotate_half(query) * sin.unsqueeze(1)  # rotary: queries only
+        weights = torch.softmax(query @ key.transpose(2, 3) / math.sqrt(d_h), dim=-1)  # own softmax, no mask
+        mixed = (weights @ value).transpose(1, 2).reshape(n, t, heads * d_h)
+        return nn.functional.linear(mixed, attn.o_proj.weight)  # W_o; an o_proj bias is in the base output already
+
+    def forward(self, hidden_states, position_embeddings, **kwargs):
+        output, *rest = self.attention(hidden_states=hidden_states, position_embeddings=position_embeddings, **kwargs)
+        return (output + self.gate * self.prompt_attention(hidden_states, *position_embeddings), *rest)
+
+
+def add_llama_adapter(module: nn.Module, adapter_len: int, adapter_layers: int) -> list:
+    """Wrap the attention of the top ``adapter_layers`` blocks, freeze the rest; returns the wrappers."""
+    module.requires_grad_(False)
+    blocks = decoder_layers(module)[-adapter_layers:]
+    for block in blocks:
+        block.self_attn = LlamaAdapterAttention(block.self_attn, adapter_len)
+    return [block.self_attn for block in blocks]
+
+
+if llama_style:
+    torch.manual_seed(0)
+    scratch_adapted = copy.deepcopy(model)
+    scratch_layers = add_llama_adapter(scratch_adapted, ADAPTER_LEN, ADAPTER_LAYERS)
+    print_trainable_parameters(scratch_adapted)
+    assert count_parameters(scratch_adapted)[0] == ADAPTER_LAYERS * (ADAPTER_LEN * d + 1)  # a prompt and a gate each
+    assert torch.equal(logits_of(scratch_adapted), base_logits)  # g = 0 in every layer: the base model, bit for bit
+    with torch.no_grad():
+        scratch_layers[-1].prompt.copy_(prompt)  # the prompt of the steps above
+        module_bracket = scratch_layers[-1].prompt_attention(hidden, cos, sin)
+    o_bias = top_attention.o_proj.bias  # the step-by-step bracket went through o_proj, bias included
+    _ = cmp("top layer: module vs the steps above", module_bracket,
+            bracket if o_bias is None else bracket - o_bias, atol=0)
+else:
+    print(f"{cfg.model_type}: no Llama-style attention to wrap; the scratch module is defined but not applied.")
+
+# %% [markdown]
 # The prompt keys get no rotary embedding (they have no position) and no mask: every token sees all ten. Now
 # `peftedu.AdaptionPromptConfig` with `adapter_len=10, adapter_layers=8` (all layers of a model with fewer): it wraps
 # the attention of the top eight blocks. Its count is 8 × (10·d + 1) — a prompt and one gate per layer (on
 # SmolLM2-135M, the default, 8 × (10·576 + 1) = 46,088). We put our prompt and an open gate
-# (g = 0.5, as if trained) into its top layer and compare the attention output with our cells.
+# (g = 0.5, as if trained) into its top layer and compare its attention output with our module's; then we open every
+# gate, copy `peftedu`'s prompts into our scratch model and compare the logits.
 
 # %%
 if llama_style:
@@ -446,14 +515,30 @@ if llama_style:
         base_out = top_attention(**kwargs)[0]
     one_layer_tol = rounding_tolerance(model.dtype, magnitude=peftedu_out.abs().max().item(),
                                        terms=2 * d)  # the query and output projections: two d-long sums
-    _ = cmp("top attention: scratch vs peftedu", base_out + GATE * bracket, peftedu_out, atol=one_layer_tol)
+    with torch.no_grad():
+        scratch_layers[-1].gate.fill_(GATE)
+        scratch_out = scratch_layers[-1](**kwargs)[0]
+    _ = cmp("top attention: scratch module vs peftedu", scratch_out, peftedu_out, atol=one_layer_tol)
+
+    # the whole model: every gate open (g = 0.5), peftedu's random prompts copied into the scratch modules
+    with torch.no_grad():
+        for name, mine in zip(wrapped_layers, scratch_layers):
+            theirs = llama_adapted.base_model.get_submodule(name)
+            theirs.adaption_gate["default"].fill_(GATE)
+            mine.prompt.copy_(theirs.adaption_prompt["default"])
+            mine.gate.copy_(theirs.adaption_gate["default"])
+    scratch_adapted_logits = logits_of(scratch_adapted)
+    _ = cmp("logits: scratch vs peftedu (LLaMA-Adapter)", scratch_adapted_logits, logits_of(llama_adapted),
+            atol=LOGITS_TOL)
+    del scratch_adapted, scratch_layers
 
 # %% [markdown]
 # ### `peftedu` == HF peft's `AdaptionPromptConfig`
 #
-# HF peft does implement LLaMA-Adapter. We open every gate of the `peftedu` model (random prompts, gates 0.5), save
-# it, and load the file with **HF peft** onto a fresh copy of the base model: the file formats are the same, and so
-# are the logits — up to fp32 rounding. peft writes the same equation with its operations in another order (how it
+# HF peft does implement LLaMA-Adapter. We save the `peftedu` model with every gate open (its random prompts, the
+# ones our scratch modules copied, gates 0.5), and load the file with **HF peft** onto a fresh copy of the base
+# model: the file formats are the same, and so are the logits — peftedu's and our scratch model's — up to fp32
+# rounding. peft writes the same equation with its operations in another order (how it
 # reshapes, scales and multiplies), and with open gates and N(0, 1) prompts in eight layers those roundings reach the
 # logits; hence `LOGITS_TOL`, the tolerance derived from the arithmetic at the top of the notebook. In float64
 # the rounding disappears (exercise 5). HF peft 0.21.2 accepts only some model types here (llama, mistral, gpt2; not
@@ -463,7 +548,8 @@ if llama_style:
 peft_model_types = peft.tuners.adaption_prompt.config.TRANSFORMERS_MODEL_CONFIG  # what HF peft's version accepts
 if llama_style and cfg.model_type not in peft_model_types:
     print(f"HF peft's AdaptionPromptConfig does not support model_type {cfg.model_type!r} (only "
-          f"{sorted(peft_model_types)}): no comparison with peft on this model; peftedu's own cells above ran.")
+          f"{sorted(peft_model_types)}): no comparison with peft on this model; the scratch == peftedu checks above "
+          "ran.")
     del llama_adapted
 elif llama_style:
     with torch.no_grad():
@@ -479,7 +565,9 @@ elif llama_style:
                             if k in ("peft_type", "adapter_len", "adapter_layers", "target_modules")})
     print("loaded by peft as", type(by_peft.base_model).__name__)
     assert count_parameters(by_peft)[1] == count_parameters(llama_adapted)[1]
-    llama_diff = cmp("logits: peftedu vs HF peft (LLaMA-Adapter)", adapted_logits, logits_of(by_peft), atol=LOGITS_TOL)
+    peft_adapted_logits = logits_of(by_peft)
+    llama_diff = cmp("logits: peftedu vs HF peft (LLaMA-Adapter)", adapted_logits, peft_adapted_logits, atol=LOGITS_TOL)
+    _ = cmp("logits: scratch vs HF peft (LLaMA-Adapter)", scratch_adapted_logits, peft_adapted_logits, atol=LOGITS_TOL)
     # the open gates changed the model (by far more than rounding; > 0.1 on a pretrained model)
     assert (adapted_logits - base_logits).abs().max() > (0.1 if is_pretrained(model) else LOGITS_TOL)
     del by_peft, llama_adapted  # free the two model copies
@@ -561,7 +649,7 @@ else:
     print("random weights: no answer is expected to be right; checked only that generation ran")
 
 # %% [markdown]
-# ## 6. The price at inference: adapters cannot be merged
+# ## 6. The price at inference (推理延迟): adapters cannot be merged
 #
 # LoRA's update W + (α/r)·B A is a matrix again, so it merges into W (notebook 06). An adapter's ReLU sits between
 # down and up: no single matrix gives z + up(σ(down z)) for every z, so the adapter runs at every forward pass.
@@ -575,6 +663,35 @@ except ValueError as error:
     print("merge_adapter():", str(error)[:120], "...")
     merge_refused = True
 assert merge_refused
+
+# %% [markdown]
+# **Why no merged layer can stand in for it: the additivity test.** A merged layer is affine, `f(z) = W z + b`, so
+# `f(z₁ + z₂) − f(z₁) − f(z₂) + f(0) = 0` for every z₁, z₂. The `+ f(0)` matters: without it the test computes
+# `−b`, and any layer with a bias would "fail" it although it is a single matrix plus a vector. An `nn.Linear` with a
+# bias passes the corrected test and fails the old one; the trained adapter `f(z) = z + up(σ(down z))` (layer 0's
+# first one) fails the corrected test: the ReLU makes it non-affine, so no `W, b` can replace it.
+
+# %%
+def additivity_gap(f, z1, z2, with_f0=True):
+    """f(z1 + z2) - f(z1) - f(z2) (+ f(0)): zero for every affine f only with the + f(0) term."""
+    gap = f(z1 + z2) - f(z1) - f(z2)
+    return gap + f(torch.zeros_like(z1)) if with_f0 else gap
+
+
+torch.manual_seed(0)
+z1, z2 = (torch.randn(4, d, device=model.device, dtype=model.dtype) for _ in range(2))
+affine = nn.Linear(d, d, device=model.device, dtype=model.dtype)  # with a bias: mergeable by definition
+first_adapter = next(m for m in peft_model.base_model.modules() if isinstance(m, BottleneckAdapterLayer))
+trained_adapter = lambda z: z + first_adapter.adapter_output(z, "default")
+zero = torch.zeros_like(z1)
+with torch.no_grad():
+    for name, f in (("nn.Linear with bias", affine), ("trained adapter", trained_adapter)):
+        tol = rounding_tolerance(model.dtype, magnitude=f(z1 + z2).abs().max().item(), terms=d)  # d-long sums
+        if f is affine:
+            cmp(f"{name}: gap without + f(0) vs 0", additivity_gap(f, z1, z2, with_f0=False), zero, atol=tol,
+                expect="different")  # the old test: it is -b
+        cmp(f"{name}: gap with + f(0) vs 0", additivity_gap(f, z1, z2), zero, atol=tol,
+            expect="equal" if f is affine else "different")
 
 # %% [markdown]
 # How much does it cost? Counted in multiply-adds per token: each adapter adds 2·d·b to a block's work, and a
@@ -657,8 +774,10 @@ print("reloaded answer:", measured(generate_answers(reloaded, tokenizer, [new_pr
 #   b = 64, 4,462,080 and 2,231,040 trainable parameters. The share depends on b/d, so "0.5–3 %" is a habit, not a law.
 # * LLaMA-Adapter adds a gated prompt to the attention of the top layers: 46,088 parameters on SmolLM2 (10 tokens,
 #   8 layers), 1,228,830 on LLaMA-7B (the source's "1.2M"). g = 0 keeps the model unchanged at step 0.
-# * Our cells equal `peftedu.adapters`; `peftedu`'s LLaMA-Adapter equals HF peft's (up to fp32 rounding), files
-#   included. HF peft has no Houlsby or Pfeiffer adapters.
+# * Our cells equal `peftedu.adapters`; our LLaMA-Adapter module equals `peftedu`'s and HF peft's (up to fp32
+#   rounding), files included. HF peft has no Houlsby or Pfeiffer adapters.
+# * An adapter fails the additivity test `f(z₁ + z₂) − f(z₁) − f(z₂) + f(0) = 0` that every affine (mergeable) layer
+#   passes; without `+ f(0)` even an `nn.Linear` with a bias fails it.
 # * Adapters cannot be merged (a nonlinearity sits inside), so they cost time at every forward pass; LoRA can.
 # * A Houlsby adapter learns `topic` in the quick profile on the default SmolLM2-135M (scores in section 5).
 #
@@ -720,18 +839,20 @@ print("reloaded answer:", measured(generate_answers(reloaded, tokenizer, [new_pr
 # Only the first gradient of up changes (it is ∝ σ(down z)).
 # </details>
 #
-# 4. Show that an adapter cannot be merged: find two inputs z₁, z₂ with adapter(z₁ + z₂) ≠ adapter(z₁) + adapter(z₂)
-#    for a trained adapter.
+# 4. Show that an adapter cannot be merged: find two inputs z₁, z₂ with f(z₁ + z₂) − f(z₁) − f(z₂) + f(0) ≠ 0 for a
+#    trained adapter f. Why is the `+ f(0)` needed?
 #
 # <details><summary>Solution</summary>
 #
 # ```python
-# layer = peft_model.base_model.model.layers[0].mlp.down_proj
-# z1, z2 = torch.randn(2, 576), torch.randn(2, 576)
+# layer = next(m for m in peft_model.base_model.modules() if isinstance(m, BottleneckAdapterLayer))
+# z1, z2 = torch.randn(2, d), torch.randn(2, d)
 # f = lambda z: z + layer.adapter_output(z, "default")
-# print((f(z1 + z2) - f(z1) - f(z2)).abs().max())  # not 0: f is not linear, so no matrix equals it
+# print((f(z1 + z2) - f(z1) - f(z2) + f(torch.zeros_like(z1))).abs().max())  # not 0: f is not affine
 # ```
-# A merged layer would be linear in its input; the ReLU breaks additivity.
+# A merged layer is affine, W z + b, and every affine map gives exactly 0 here; the ReLU breaks it. Without `+ f(0)`
+# the test gives −b for an affine map, so an `nn.Linear` with a bias would "fail" it too and prove nothing (section 6
+# runs both tests on both).
 # </details>
 #
 # 5. Is the difference between `peftedu` and HF peft in section 4 a bug or rounding? Repeat the comparison with the
