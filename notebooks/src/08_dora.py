@@ -50,7 +50,7 @@ profile = get_profile()  # PEFTEDU_PROFILE: "quick" (CPU, default) or "full" (GP
 print("peftedu", peftedu.__version__, "| peft", peft.__version__, "| profile:", profile.name)
 
 # %% [markdown]
-# ## 1. The intuition: magnitude and direction
+# ## 1. The intuition: magnitude (幅度) and direction (方向)
 #
 # A linear layer computes `y = x Wᵀ`: output feature *j* is the dot product of the input with row *j* of
 # `W` (shape out × in). Every row is a vector, and every vector is a **length** times a **unit direction**:
@@ -408,7 +408,7 @@ assert delta_m.max() > 0 and delta_d.max() > 0  # both parts moved
 # a dozen optimizer steps both changes are small, so read this as a measurement of *this* run, not a
 # replication. Exercise 1 makes the same plot for plain LoRA.
 #
-# ## 6. Merging: no extra cost at inference
+# ## 6. Merging weights (权重合并): no extra cost at inference
 #
 # `merge_adapter` writes `W' = g · (W + sBA)` into each base layer, so the merged model is a plain model
 # again. Unlike LoRA's merge, DoRA's is not a sum: it cannot be undone by subtracting, so `peftedu` keeps a

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 10 · IA3: rescaling inner activations (通过抑制和放大内部激活进行微调)
+# # 10 · IA3 (抑制和放大内部激活): rescaling inner activations
 #
 # (IA)³ — *Infused Adapter by Inhibiting and Amplifying Inner Activations* — adds no matrix at all. It learns
 # one **vector** per wrapped layer and multiplies an activation by it, element by element: an entry below 1
@@ -49,13 +49,14 @@ from peftedu.tuners import find_target_modules
 from peftedu.training import evaluate, get_profile, plot_history, set_seed, train
 
 transformers.utils.logging.disable_progress_bar()
-warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+# transformers' deprecation notice when peft loads an adapter (it prints an absolute path): not for this lesson
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 set_seed(0)
 profile = get_profile()  # PEFTEDU_PROFILE: "quick" (CPU, default) or "full" (GPU)
 print("peftedu", peftedu.__version__, "| peft", peft.__version__, "| profile:", profile.name)
 
 # %% [markdown]
-# ## 1. The intuition: one number per feature
+# ## 1. The intuition: a scaling vector (缩放向量), one number per feature
 #
 # The paper rescales three activations of every transformer block with learned vectors `l_k`, `l_v`, `l_ff`:
 #
@@ -464,7 +465,7 @@ fresh = reloaded_by_peft.unload()
 del reloaded, reloaded_by_peft
 
 # %% [markdown]
-# ## 6. Merging: IA3 at the base model's cost
+# ## 6. Merging weights (权重合并): IA3 at the base model's cost
 #
 # Unmerged, IA3 adds one elementwise multiply per wrapped layer — no matrix product (source 002 is right here).
 # Merged, there is nothing left: scaling a layer's output by `l` is scaling the **rows** of its weight

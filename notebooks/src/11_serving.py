@@ -46,7 +46,8 @@ from peftedu.models import is_pretrained, load_base
 from peftedu.training import evaluate, generate_answers, get_profile, plot_history, train
 
 transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in the notebook
-warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")  # deprecation notices peft triggers
+# transformers' deprecation notice when peft loads an adapter (it prints an absolute path): not for this lesson
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 torch.manual_seed(0)
 profile = get_profile()  # PEFTEDU_PROFILE: "quick" (CPU, default) or "full" (GPU)
 model, tokenizer = load_base()
@@ -187,7 +188,7 @@ print(layer)
 assert isinstance(layer, LoraLinear) and set(layer.lora_A) == {"topic", "extract"}
 
 # %% [markdown]
-# ## 3. Switching: `set_adapter`, `disable_adapter()`, `delete_adapter`
+# ## 3. Adapter switching (适配器切换): `set_adapter`, `disable_adapter()`, `delete_adapter`
 #
 # The serving queue of this notebook: nine requests in arrival order, three per kind — topic questions for the
 # `topic` adapter, extraction requests for `extract`, and general questions that the base model should answer
@@ -268,7 +269,7 @@ else:
     raise AssertionError("a deleted adapter must be unknown")
 
 # %% [markdown]
-# ## 4. A mixed batch: one forward pass, one adapter per row
+# ## 4. A mixed batch (混合批次): one forward pass, one adapter per row
 #
 # The whole queue goes into one left-padded batch, and `adapter_names=` names each row's adapter. Inside every LoRA
 # layer the frozen W x is computed for all rows at once; then each adapter adds its B A x to its own rows.
@@ -342,7 +343,7 @@ else:
     raise AssertionError("an unknown adapter name must raise")
 
 # %% [markdown]
-# ## 5. Throughput: mixed batch vs switching
+# ## 5. Throughput (吞吐量): mixed batch vs switching
 #
 # What does batching save? Three ways to serve the queue: switch for every request (nine batches of one), group the
 # queue by adapter (three batches of three), or one mixed batch. We count the passes through the base model with a
@@ -478,7 +479,7 @@ with torch.no_grad():
             ours_by_adapter[adapter][real], atol=0)
 
 # %% [markdown]
-# ## 7. Merging for single-adapter serving
+# ## 7. Merging weights (权重合并) for single-adapter serving
 #
 # A deployment that serves one task only does not need the adapter machinery at all. `merge_and_unload()` folds the
 # active adapter into W (W ← W + (α/r)·B A) and removes every LoRA layer: what is left is an ordinary transformers
@@ -573,7 +574,7 @@ plt.show()
 assert model_bytes + 20 * adapter_bytes < 2 * model_bytes  # twenty adapters cost less than a second model
 
 # %% [markdown]
-# ## 9. Combining adapters: `add_weighted_adapter`
+# ## 9. Combining adapters (合并适配器): `add_weighted_adapter`
 #
 # A new adapter can also be built from existing ones, aiming at the weighted sum of their updates
 # ΔW = Σᵢ wᵢ·sᵢ·Bᵢ Aᵢ on every layer (notebook 06 introduced it). `"cat"` stacks the factors (rank r₁ + r₂ = 16) and
