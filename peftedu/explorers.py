@@ -12,7 +12,10 @@ until a browser shows them.
   string is a regular expression that must match the whole module name.
 * :func:`lora_memory` / :func:`memory_estimates` -- the memory those counts imply, through
   :func:`peftedu.accounting.estimate_training_memory`.
-* :func:`lora_rank_explorer` and :func:`memory_explorer` -- the widgets.
+* :func:`lora_rank_explorer` and :func:`memory_explorer` -- the widgets. Where widgets cannot render (a saved
+  notebook opened without a kernel, GitHub), a cell would show only the widget's text form, so each explorer also
+  shows its default state as plain output -- the text and the figure -- followed by :data:`LIVE_NOTE`, and its
+  text form names it instead of listing its children.
 * :func:`architecture` and :func:`decoder_layers` -- a model's shape read from its config under one set of
   names (Llama's ``num_key_value_heads``, BLOOM's ``n_head``, ...), and its list of decoder blocks, so a
   notebook derives its numbers and layer indices instead of assuming the default model's.
@@ -327,13 +330,18 @@ def plot_memory_breakdown(estimates: Mapping[str, MemoryEstimate], ax=None, gpu_
         ax.axhline(gpu_gb, color="k", ls="--", lw=1, label=f"{gpu_gb:g} GB GPU")
     ax.set_ylabel("GB (1e9 bytes)")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    # outside the axes, right of the bars: inside, the legend covered the last (often the smallest) bar
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
     return ax
 
 
 # --------------------------------------------------------------------------------------------------
 # Widgets (thin wrappers)
 # --------------------------------------------------------------------------------------------------
+
+
+#: The line each explorer prints under its default state: the controls do nothing without a kernel.
+LIVE_NOTE = "Run this cell in a live notebook to explore: the controls need a running kernel."
 
 
 def _show(fig) -> None:
@@ -343,6 +351,29 @@ def _show(fig) -> None:
 
     display(fig)
     plt.close(fig)
+
+
+@functools.lru_cache(maxsize=None)
+def _explorer_box_class():
+    import ipywidgets as widgets
+
+    class ExplorerBox(widgets.VBox):
+        """A VBox whose text form -- what a view without a kernel shows -- says what it is, not its children."""
+
+        def __init__(self, children, label: str):
+            super().__init__(children)
+            self.label = label
+
+        def __repr__(self) -> str:
+            return f"{self.label} (interactive: the controls need a running kernel)"
+
+    return ExplorerBox
+
+
+def explorer_box(children, label: str):
+    """``ipywidgets.VBox(children)`` whose ``repr`` is ``"<label> (interactive: ...)"`` (under ipywidgets' 110
+    characters), used by the explorers here and by :func:`peftedu.interview.self_check_widget`."""
+    return _explorer_box_class()(children, label)
 
 
 def describe_lora(name: str, r: int, targets: Iterable[str] | str) -> str:
@@ -356,31 +387,49 @@ def describe_lora(name: str, r: int, targets: Iterable[str] | str) -> str:
     return "\n".join(lines)
 
 
-def lora_rank_explorer(architectures: Iterable[str] = SHIPPED_ARCHITECTURES, rank: int = 8, plot: bool = True):
+def _default_rank_targets(name: str) -> list[str]:
+    """The rank explorer's first selection: the query and value projections (BLOOM: the fused query_key_value)."""
+    names = linear_suffixes(name)
+    return [t for t in names if t in ("q_proj", "v_proj", "query_key_value")] or names[:1]
+
+
+def _lora_view(name: str, rank: int, targets: list[str], plot: bool) -> None:
+    """What the rank explorer shows for one setting: :func:`describe_lora`, then LoRA vs QLoRA bars."""
+    import matplotlib.pyplot as plt
+
+    print(describe_lora(name, rank, targets))
+    if plot:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        plot_memory_breakdown({m: lora_memory(name, rank, targets, m) for m in ("lora", "qlora")},
+                              ax=ax, title=f"{name}, r={rank}")
+        _show(fig)
+
+
+def lora_rank_explorer(architectures: Iterable[str] = SHIPPED_ARCHITECTURES, rank: int = 8, plot: bool = True,
+                       static: bool = True):
     """Dropdown (architecture) x rank slider x target selection -> parameters and memory.
 
-    Returns an ipywidgets ``VBox``; display it in a notebook. The computing is
-    :func:`describe_lora` / :func:`lora_parameter_count` / :func:`lora_memory`.
+    Returns an ipywidgets ``VBox``; display it in a notebook. With ``static=True`` it first prints its default
+    state (text, and the figure if ``plot``) and :data:`LIVE_NOTE`, so a view without a kernel shows the numbers.
+    The computing is :func:`describe_lora` / :func:`lora_parameter_count` / :func:`lora_memory`.
     """
     import ipywidgets as widgets
-    import matplotlib.pyplot as plt
 
     architectures = list(architectures)
     if rank not in RANK_CHOICES:
         raise ValueError(f"rank must be one of {RANK_CHOICES}, got {rank}.")
+    if static:
+        first = architectures[0]
+        _lora_view(first, rank, _default_rank_targets(first), plot)
+        print(LIVE_NOTE)
     arch = widgets.Dropdown(options=architectures, value=architectures[0], description="model")
     r = widgets.SelectionSlider(options=RANK_CHOICES, value=rank, description="rank r")
-
-    def default_targets(name):
-        names = linear_suffixes(name)
-        return [t for t in names if t in ("q_proj", "v_proj", "query_key_value")] or names[:1]
-
-    targets = widgets.SelectMultiple(options=linear_suffixes(arch.value), value=default_targets(arch.value),
+    targets = widgets.SelectMultiple(options=linear_suffixes(arch.value), value=_default_rank_targets(arch.value),
                                      description="targets", rows=7)
 
     def on_arch(change):
         targets.options = linear_suffixes(change["new"])
-        targets.value = default_targets(change["new"])
+        targets.value = _default_rank_targets(change["new"])
 
     arch.observe(on_arch, "value")
 
@@ -389,31 +438,50 @@ def lora_rank_explorer(architectures: Iterable[str] = SHIPPED_ARCHITECTURES, ran
         if not valid:
             print("Select at least one target module.")
             return
-        print(describe_lora(name, rank_value, valid))
-        if plot:
-            fig, ax = plt.subplots(figsize=(6, 3))
-            plot_memory_breakdown({m: lora_memory(name, rank_value, valid, m) for m in ("lora", "qlora")},
-                                  ax=ax, title=f"{name}, r={rank_value}")
-            _show(fig)
+        _lora_view(name, rank_value, valid, plot)
 
     out = widgets.interactive_output(update, {"name": arch, "rank_value": r, "target_names": targets})
-    return widgets.VBox([widgets.HBox([arch, r]), targets, out])
+    return explorer_box([widgets.HBox([arch, r]), targets, out], "LoRA rank explorer")
 
 
-def memory_explorer(models: Iterable[str] = ("7B", "13B", "33B", "65B", "70B") + SHIPPED_ARCHITECTURES, plot: bool = True):
-    """Model size x methods x LoRA rank x activations -> stacked memory bars against a GPU line.
+GPU_CHOICES = (("none", 0), ("24 GB", 24), ("48 GB", 48), ("80 GB", 80))
 
-    Returns an ipywidgets ``VBox``; the computing is :func:`memory_estimates`.
-    """
-    import ipywidgets as widgets
+
+def _memory_view(model_name, method_names, lora_rank: int, activations_gb: float, gpu_gb: float, plot: bool) -> None:
+    """What the memory explorer shows for one setting: a line per method, then the stacked bars."""
     import matplotlib.pyplot as plt
 
+    estimates = memory_estimates(model_name, method_names, lora_rank=lora_rank, activations_gb=activations_gb or None)
+    for name, est in estimates.items():
+        print(f"{name:>10}: {est.total_gb:8.1f} GB  ({METHODS[name]['description']})")
+    if plot:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        plot_memory_breakdown(estimates, ax=ax, gpu_gb=gpu_gb or None, title=f"{model_name}, LoRA r={lora_rank} all-linear")
+        _show(fig)
+
+
+def memory_explorer(models: Iterable[str] = ("7B", "13B", "33B", "65B", "70B") + SHIPPED_ARCHITECTURES, plot: bool = True,
+                    static: bool = True):
+    """Model size x methods x LoRA rank x activations -> stacked memory bars against a GPU line.
+
+    Returns an ipywidgets ``VBox``. With ``static=True`` it first prints its default state (the first model, every
+    method, LoRA r=64, no activations, a 24 GB GPU: one line per method, and the figure if ``plot``) and
+    :data:`LIVE_NOTE`, so a view without a kernel shows the numbers. The computing is :func:`memory_estimates`.
+    """
+    import ipywidgets as widgets
+
     models = list(models)
-    model = widgets.Dropdown(options=models, value=models[0], description="model")
-    methods = widgets.SelectMultiple(options=list(METHODS), value=list(METHODS), description="methods", rows=5)
-    rank = widgets.SelectionSlider(options=RANK_CHOICES, value=64, description="LoRA r")
-    activations = widgets.FloatText(value=0.0, description="activ. GB")
-    gpu = widgets.Dropdown(options=[("none", 0), ("24 GB", 24), ("48 GB", 48), ("80 GB", 80)], value=24, description="GPU")
+    defaults = dict(model_name=models[0], method_names=tuple(METHODS), lora_rank=64, activations_gb=0.0, gpu_gb=24)
+    if static:
+        print(f"{models[0]}, every method, LoRA r=64 on all linear layers, activations not included "
+              f"(the explorer's default state):")
+        _memory_view(**defaults, plot=plot)
+        print(LIVE_NOTE)
+    model = widgets.Dropdown(options=models, value=defaults["model_name"], description="model")
+    methods = widgets.SelectMultiple(options=list(METHODS), value=defaults["method_names"], description="methods", rows=5)
+    rank = widgets.SelectionSlider(options=RANK_CHOICES, value=defaults["lora_rank"], description="LoRA r")
+    activations = widgets.FloatText(value=defaults["activations_gb"], description="activ. GB")
+    gpu = widgets.Dropdown(options=list(GPU_CHOICES), value=defaults["gpu_gb"], description="GPU")
 
     def update(model_name, method_names, lora_rank, activations_gb, gpu_gb):
         if not method_names:
@@ -422,22 +490,16 @@ def memory_explorer(models: Iterable[str] = ("7B", "13B", "33B", "65B", "70B") +
         if activations_gb < 0:
             print("Activations must be >= 0 GB.")
             return
-        estimates = memory_estimates(model_name, method_names, lora_rank=lora_rank,
-                                     activations_gb=activations_gb or None)
-        for name, est in estimates.items():
-            print(f"{name:>10}: {est.total_gb:8.1f} GB  ({METHODS[name]['description']})")
-        if plot:
-            fig, ax = plt.subplots(figsize=(7, 3.5))
-            plot_memory_breakdown(estimates, ax=ax, gpu_gb=gpu_gb or None, title=f"{model_name}, LoRA r={lora_rank} all-linear")
-            _show(fig)
+        _memory_view(model_name, method_names, lora_rank, activations_gb, gpu_gb, plot)
 
     out = widgets.interactive_output(update, {"model_name": model, "method_names": methods, "lora_rank": rank,
                                               "activations_gb": activations, "gpu_gb": gpu})
-    return widgets.VBox([widgets.HBox([model, rank]), widgets.HBox([methods, widgets.VBox([activations, gpu])]), out])
+    return explorer_box([widgets.HBox([model, rank]), widgets.HBox([methods, widgets.VBox([activations, gpu])]), out],
+                        "memory explorer")
 
 
 __all__ = [
-    "LoraParameterCount", "RANK_CHOICES", "SHIPPED_ARCHITECTURES", "describe_lora", "linear_suffixes", "lora_memory",
-    "lora_parameter_count", "lora_rank_explorer", "match_target_modules", "memory_estimates", "memory_explorer",
-    "plot_memory_breakdown", "quantizable_params",
+    "LIVE_NOTE", "LoraParameterCount", "RANK_CHOICES", "SHIPPED_ARCHITECTURES", "describe_lora", "explorer_box",
+    "linear_suffixes", "lora_memory", "lora_parameter_count", "lora_rank_explorer", "match_target_modules",
+    "memory_estimates", "memory_explorer", "plot_memory_breakdown", "quantizable_params",
 ]

@@ -75,7 +75,7 @@ GLOSSARY = {
     "梯度检查点": "gradient checkpointing",
     "激活值": "activations",
     "添加式": "additive (methods)",
-    "选择式": "selective (methods)",
+    "选择性微调": "selective fine-tuning (methods)",
     "重参数化": "reparameterization",
     "偏置微调": "bias-term fine-tuning (BitFit)",
     "偏置": "bias",
@@ -87,10 +87,13 @@ GLOSSARY = {
     "深度提示": "deep prompt (P-tuning v2)",
     "前缀微调": "prefix tuning",
     "键值缓存": "key/value cache (past_key_values)",
+    "分组查询注意力": "grouped-query attention (GQA)",
     "位置编码": "position encoding",
     "适配器": "adapter",
     "瓶颈": "bottleneck",
+    "瓶颈适配器": "bottleneck adapter (Houlsby, Pfeiffer)",
     "推理延迟": "inference latency",
+    "适配提示": "adaption prompt (LLaMA-Adapter)",
     "零初始化注意力": "zero-init attention (LLaMA-Adapter)",
     "门控": "gating / gate",
     "低秩适配": "low-rank adaptation (LoRA)",
@@ -111,10 +114,18 @@ GLOSSARY = {
     "方向": "direction",
     "自适应低秩适配": "AdaLoRA (adaptive low-rank adaptation)",
     "奇异值分解": "singular value decomposition (SVD)",
+    "奇异值": "singular value",
+    "奇异值分解形式": "SVD form (AdaLoRA's update P Λ Q)",
+    "三元组": "triplet (a singular value with its two singular vectors)",
     "重要性评分": "importance score",
+    "敏感度": "sensitivity (AdaLoRA's importance)",
+    "不确定性": "uncertainty (AdaLoRA's importance)",
+    "预算": "(rank) budget (AdaLoRA)",
     "秩分配": "rank allocation",
     "正交正则": "orthogonality regularizer",
     "抑制和放大内部激活": "IA3 (infused adapter by inhibiting and amplifying inner activations)",
+    "抑制": "inhibit",
+    "放大": "amplify",
     "缩放向量": "scaling vector",
     "权重合并": "merging weights",
     "合并适配器": "combining adapters",
@@ -123,6 +134,10 @@ GLOSSARY = {
     "适配器切换": "adapter switching",
     "混合批次": "mixed batch",
     "吞吐量": "throughput",
+    "方法对比": "comparison of methods (the showdown)",
+    "面试准备": "interview preparation",
+    "术语表": "glossary",
+    "勘误表": "errata (the source ledger)",
 }
 
 
@@ -173,25 +188,25 @@ QUESTIONS: tuple[Question, ...] = (
        "updating every weight makes catastrophic forgetting (灾难性遗忘) easier. PEFT freezes the base and "
        "trains a small set of parameters: gradients and optimizer states shrink to the adapter's size, and a "
        "task costs megabytes instead of gigabytes.",
-       [(N00, "1. Full fine-tuning vs parameter-efficient fine-tuning"),
-        (N00, "1.1 The 20.8 GB of the source tutorial, reproduced")],
+       [(N00, "1. Full fine-tuning (全参数微调) vs parameter-efficient fine-tuning (参数高效微调)"),
+        (N00, "1.1 GPU memory (显存): the 20.8 GB of the source tutorial, reproduced")],
        terms=("参数高效微调", "全参数微调", "优化器状态", "灾难性遗忘"), facts={"full_fp32_gb": "20.8 GB"}),
     _q("bytes-per-param", "memory", 1,
        "Full fine-tuning in fp32 with AdamW: how many bytes of GPU memory (显存) per parameter, before "
        "activations (激活值)?",
        "16 bytes: 4 for the fp32 weight, 4 for its gradient and 8 for AdamW's two moments m and v (4 each). "
        "Activations come on top and grow with batch size × sequence length, not with the parameter count.",
-       [(N00, "1.1 The 20.8 GB of the source tutorial, reproduced")],
+       [(N00, "1.1 GPU memory (显存): the 20.8 GB of the source tutorial, reproduced")],
        terms=("显存", "激活值", "优化器状态"), choices=("4", "8", "12", "16"), correct=3,
        facts={"bytes": "16 bytes"}),
     _q("families", "why-peft", 1,
-       "The methods fall into three families: additive (添加式), selective (选择式) and reparameterization "
-       "(重参数化). Which family does LoRA belong to?",
+       "The methods fall into three families: additive (添加式), selective fine-tuning (选择性微调) and "
+       "reparameterization (重参数化). Which family does LoRA belong to?",
        "Reparameterization: LoRA writes the update of an existing weight as a low-rank product ΔW = (α/r)·B A. "
        "Selective methods train a subset of existing weights (BitFit: the biases); additive methods add new "
        "parameters (soft prompts, prefixes, adapters, IA3's vectors).",
-       [(N00, "5. Map of the series")],
-       terms=("添加式", "选择式", "重参数化"),
+       [(N00, "5. Map of the series: additive (添加式), selective (选择性微调) and reparameterization (重参数化) methods")],
+       terms=("添加式", "选择性微调", "重参数化"),
        choices=("selective", "additive", "reparameterization", "quantization"), correct=2),
     _q("bitfit", "bitfit", 1,
        "What does BitFit (偏置微调) train? What share of bloom-1b4-zh is that, and what happens on a model "
@@ -200,7 +215,7 @@ QUESTIONS: tuple[Question, ...] = (
        "source tutorial prints 0.418%, ten times too large). Llama-family models have no biases at all, so "
        "plain BitFit would train nothing; peftedu adds zero-initialised biases to the linear layers, which "
        "leaves the model unchanged at step 0.",
-       [(N00, "1.2 BitFit's share of bloom-1b4-zh: 0.0418%, not 0.418%"), (N01, "1. What BitFit trains"),
+       [(N00, "1.2 BitFit (偏置微调): its share of bloom-1b4-zh is 0.0418%, not 0.418%"), (N01, "1. What BitFit trains: the bias terms (偏置)"),
         (N01, "2. SmolLM2 has no biases at all")],
        terms=("偏置微调", "偏置"), facts={"bias_params": "544,768", "share": "0.0418%"}),
     _q("prompt-tuning", "prompt-tuning", 1,
@@ -240,13 +255,13 @@ QUESTIONS: tuple[Question, ...] = (
        "What does `lora_alpha` (缩放系数) do? With r = 16 and lora_alpha = 32, what scales the update?",
        "The update is multiplied by α/r, here 32/16 = 2. The classic mistakes: scaling by α instead of α/r, "
        "and raising r at fixed α, which shrinks the update (rsLoRA's α/√r addresses the latter).",
-       [(N06, "3. α/r or α/√r? Measuring rsLoRA's argument")],
+       [(N06, "3. The scaling factor (缩放系数): α/r or α/√r? Measuring rsLoRA's argument")],
        terms=("缩放系数", "秩"), facts={"scale": "2"}),
     _q("merge-cost", "merging", 1,
        "After a LoRA adapter is merged (权重合并) into the base weights, inference costs ...",
        "The same as the base model: W + (α/r)·B A is one matrix of the original shape. Unmerged, each wrapped "
        "layer does two extra thin matrix products.",
-       [(N06, "11. Merging: W ← W + (α/r)·B A"), (N11, "7. Merging for single-adapter serving")],
+       [(N06, "11. Merging the weights (权重合并): W ← W + (α/r)·B A"), (N11, "7. Merging weights (权重合并) for single-adapter serving")],
        terms=("权重合并", "推理延迟"),
        choices=("the same as the base model", "two extra matrix products per wrapped layer",
                 "twice the base model", "more memory for A and B"), correct=0),
@@ -319,21 +334,26 @@ QUESTIONS: tuple[Question, ...] = (
        terms=("提示编码器", "虚拟token"), facts={"count": "5,267,456"}),
     _q("cache-api", "prefix-tuning", 2,
        "Prefix tuning broke when transformers moved `past_key_values` from tuples to Cache objects. Why, and "
-       "which positions do the real tokens take?",
+       "which positions can the real tokens take after a prefix?",
        "The prefix is handed to the model as a pre-filled key/value cache (键值缓存); code that built tuples of "
-       "tensors stopped working when the model expected a Cache object, and a cache of length p makes "
-       "transformers place new tokens at positions p..p+T-1. The prefix keys were never rotated by a position "
-       "encoding (位置编码), so peftedu gives the real tokens positions 0..T-1 (from the attention mask), "
-       "the positions they have without a prefix.",
+       "tensors stopped working when the model expected a Cache object. The positions are a design choice. "
+       "transformers (and HF peft's forward) count from the cache: after a cache of length p the real tokens "
+       "take positions p..p+T-1, as if they followed p tokens that were read. peftedu chooses 0..T-1 (from the "
+       "attention mask): the positions the prompt has without a prefix, the same whether it is padded or not. "
+       "It matters because the prefix keys were never rotated by a position encoding (位置编码): under RoPE a "
+       "query's score against them depends on the query's own position, so shifting the real tokens by p "
+       "changes the output (BLOOM's ALiBi counts positions from the mask and leaves no choice). Both choices are "
+       "legitimate as long as training and inference use the same one: a prefix trained with one convention "
+       "and evaluated with the other gets different scores.",
        [(N04, "4. How the prefix enters the model: from tuples to `Cache` objects"),
-        (N04, "5. Which positions do the real tokens take?")],
+        (N04, "5. Position encoding (位置编码): which positions do the real tokens take?"), (N04, "Exercises")],
        terms=("键值缓存", "位置编码")),
     _q("rslora", "rslora", 2,
        "rsLoRA scales the LoRA update by ... (with r = 16, lora_alpha = 8 that is 2.0 instead of LoRA's 0.5)",
        "α/√r. Under α/r the gradient reaching B and the first update shrink as r grows, so large ranks learn "
        "no better than small ones; α/√r keeps them stable. With r = 16, α = 8: 8/4 = 2.0 instead of "
        "8/16 = 0.5. In both libraries: `use_rslora=True`.",
-       [(N06, "3. α/r or α/√r? Measuring rsLoRA's argument")],
+       [(N06, "3. The scaling factor (缩放系数): α/r or α/√r? Measuring rsLoRA's argument")],
        terms=("缩放系数", "秩"), choices=("α/r", "α/√r", "α·r", "α"), correct=1,
        facts={"rs": "2.0", "plain": "0.5"}),
     _q("loraplus", "loraplus", 2,
@@ -375,7 +395,7 @@ QUESTIONS: tuple[Question, ...] = (
        "initialised to ‖W‖ so that W' = W at step 0, learns the magnitude. Extra cost: `out` numbers per "
        "wrapped layer, 576 for SmolLM2's q_proj. It merges like LoRA.",
        [(N08, "1. The intuition: magnitude and direction"), (N08, "4. What DoRA costs: `out` numbers per wrapped layer"),
-        (N08, "6. Merging: no extra cost at inference")],
+        (N08, "6. Merging weights (权重合并): no extra cost at inference")],
        terms=("权重分解低秩适配", "幅度", "方向"), facts={"m": "576"}),
     _q("adalora", "adalora", 2,
        "How does AdaLoRA (自适应低秩适配) decide the rank of each layer?",
@@ -383,15 +403,16 @@ QUESTIONS: tuple[Question, ...] = (
        "(重要性评分) per triplet (sensitivity |w·∂L/∂w|, smoothed and with an uncertainty term) decides which "
        "triplets to prune, towards a global budget that falls on a cubic schedule; an orthogonality "
        "regularizer (正交正则) keeps P and Q close to orthogonal. Layers that matter keep more rank (秩分配).",
-       [(N09, "1. The intuition: an update made of rank-one triplets"), (N09, "4. Importance: which triplets to keep"),
-        (N09, "5. The cubic budget schedule"), (N09, "3. The orthogonality regulariser")],
+       [(N09, "1. The intuition: an update made of rank-one triplets"),
+        (N09, "4. Importance scores (重要性评分) and rank allocation (秩分配), from scratch"),
+        (N09, "5. The cubic budget schedule of our training run"), (N09, "3. The orthogonality regulariser")],
        terms=("自适应低秩适配", "奇异值分解", "重要性评分", "正交正则", "秩分配")),
     _q("llama-adapter", "llama-adapter", 2,
        "What is LLaMA-Adapter's zero-init attention (零初始化注意力)?",
        "Learnable adaption prompts in the top layers; each layer attends to its prompt separately from the real "
        "tokens, and that result is multiplied by a gate (门控) initialised to 0. So the model starts exactly as "
        "the base model, yet the gate gets a gradient at the first step and lets the prompt in gradually.",
-       [(N05, "4. LLaMA-Adapter: gated adaption prompts")],
+       [(N05, "4. LLaMA-Adapter: adaption prompts behind a gate (门控), zero-init attention (零初始化注意力)")],
        terms=("零初始化注意力", "门控")),
     _q("multi-adapter", "serving", 2,
        "How do you serve several LoRA adapters on one base model (多适配器部署)?",
@@ -400,8 +421,9 @@ QUESTIONS: tuple[Question, ...] = (
        "forward pass through the base serves every row, and each adapter's low-rank path runs on its rows "
        "only (the idea behind S-LoRA, Punica and vLLM's multi-LoRA). The mixed batch gives the same outputs "
        "as switching; merging is for a single adapter per deployment.",
-       [(N11, "3. Switching: `set_adapter`, `disable_adapter()`, `delete_adapter`"),
-        (N11, "4. A mixed batch: one forward pass, one adapter per row"), (N06, "9. Several adapters on one model")],
+       [(N11, "3. Adapter switching (适配器切换): `set_adapter`, `disable_adapter()`, `delete_adapter`"),
+        (N11, "4. A mixed batch: one forward pass, one adapter per row"),
+        (N06, "9. Several adapters on one model: switching (适配器切换) and mixed batches (混合批次)")],
        terms=("多适配器部署", "适配器切换", "混合批次")),
     _q("when-not-merge", "merging", 2,
        "When should you NOT merge a LoRA adapter into the base?",
@@ -409,7 +431,7 @@ QUESTIONS: tuple[Question, ...] = (
        "is quantized (merging into 4-bit weights re-quantizes and changes outputs), or when you still want to "
        "train or combine the adapter. Merge for single-adapter deployment.",
        [(N11, "4. A mixed batch: one forward pass, one adapter per row"), (N07, "7. Merging into a 4-bit base re-quantizes"),
-        (N06, "11. Merging: W ← W + (α/r)·B A")],
+        (N06, "11. Merging the weights (权重合并): W ← W + (α/r)·B A")],
        terms=("权重合并", "多适配器部署"),
        choices=("when one base serves several adapters in mixed batches",
                 "when one task needs the lowest latency",
@@ -439,15 +461,17 @@ QUESTIONS: tuple[Question, ...] = (
        "8 bytes/param tables (7B → 56 GB) assume everything, optimizer states included, in 16-bit. Mixed "
        "precision saves activation memory and time, not optimizer memory; activations come on top (梯度检查点 "
        "trades them for recomputation).",
-       [(N00, "1.3 The 7B / 13B / 70B table")],
+       [(N00, "1.3 The 7B / 13B / 70B table: everything 16-bit, or mixed precision (混合精度)?")],
        terms=("混合精度", "优化器状态", "梯度检查点"), choices=("8", "12", "16", "20"), correct=2,
        facts={"mixed": "16", "all16": "8 bytes/param", "7b": "56 GB"}),
     _q("lora-7b", "memory", 3,
        "How many trainable parameters does LoRA with r = 64 on every linear layer of LLaMA-7B's blocks add?",
-       "r·(in + out) summed over q, k, v, o, gate, up and down projections of 32 layers: 159,907,840, "
-       "2.37% of LLaMA-7B's 6,738,415,616 parameters (the QLoRA paper's setting).",
-       [(N00, "1.3 The 7B / 13B / 70B table"), (N07, "9. \"65B on one 48 GB GPU\", \"7B on 24 GB\": the arithmetic")],
-       terms=("秩",), facts={"lora": "159,907,840", "share": "2.37%", "n": "6,738,415,616"}),
+       "r·(in + out) summed over q, k, v, o, gate, up and down projections of 32 layers: 159,907,840 "
+       "trainable parameters (the QLoRA paper's setting). That is 2.32% of all parameters of the adapted model, "
+       "LLaMA-7B's 6,738,415,616 plus the adapters: trainable / (base + LoRA), the denominator of peft's "
+       "print_trainable_parameters.",
+       [(N00, "1.3 The 7B / 13B / 70B table: everything 16-bit, or mixed precision (混合精度)?"), (N07, "9. \"65B on one 48 GB GPU\", \"7B on 24 GB\": the arithmetic")],
+       terms=("秩",), facts={"lora": "159,907,840", "share": "2.32%", "n": "6,738,415,616"}),
     _q("qlora-65b", "qlora", 3,
        "How does QLoRA fit the fine-tuning of a 65B model on one 48 GB GPU, when 16-bit full fine-tuning needs "
        "more than 780 GB?",
@@ -478,7 +502,7 @@ QUESTIONS: tuple[Question, ...] = (
        "one gradient step moves the output by about s²·r. With s = α/r that is r^-1/2 and r^-1: the signal "
        "collapses as r grows. With s = α/√r both are flat. Measure ‖∂L/∂B‖ and the output change after one step "
        "on a real layer for several ranks and fit the slope on a log-log plot.",
-       [(N06, "3. α/r or α/√r? Measuring rsLoRA's argument")],
+       [(N06, "3. The scaling factor (缩放系数): α/r or α/√r? Measuring rsLoRA's argument")],
        terms=("秩", "缩放系数")),
     _q("dora-detach", "dora", 3,
        "Why does DoRA treat the norm ‖W + s·B A‖ as a constant in the backward pass?",
@@ -492,7 +516,7 @@ QUESTIONS: tuple[Question, ...] = (
        "For keys and values it scales the output of k_proj/v_proj (a vector of out entries: multiply row i of W "
        "by l_i). For the MLP it scales the input of down_proj, i.e. the hidden activation (in entries: multiply "
        "column j of W by l_j). Both are exact merges, W ← W·diag or diag·W.",
-       [(N10, "2. IA3 from scratch on real layers"), (N10, "6. Merging: IA3 at the base model's cost")],
+       [(N10, "2. IA3 from scratch on real layers"), (N10, "6. Merging weights (权重合并): IA3 at the base model's cost")],
        terms=("抑制和放大内部激活", "缩放向量", "权重合并")),
     _q("mixed-batch-cost", "serving", 3,
        "What does a mixed batch cost compared with switching adapters request by request?",
@@ -507,7 +531,7 @@ QUESTIONS: tuple[Question, ...] = (
        "It reduces it and makes it reversible, but does not prevent it. The frozen base is untouched, so "
        "disabling the adapter gives the base model back exactly; with the adapter on, the model can still lose "
        "general abilities — which is why the course scores every method on a retention task.",
-       [(N00, "3. The three tasks"), (N11, "3. Switching: `set_adapter`, `disable_adapter()`, `delete_adapter`"),
+       [(N00, "3. The three tasks"), (N11, "3. Adapter switching (适配器切换): `set_adapter`, `disable_adapter()`, `delete_adapter`"),
         (N12, "3. The measured showdown")],
        terms=("灾难性遗忘",)),
     _q("choose-method", "why-peft", 3,
@@ -605,11 +629,43 @@ def check_answer(question: Question | str, choice: int | str) -> AnswerCheck:
                        explanation=q.answer)
 
 
+_CHINESE_IN_PARENTHESES = re.compile(r"\s*\([^()]*[\u4e00-\u9fff][^()]*\)")
+
+
+def heading_key(heading: str) -> str:
+    """A heading without its Chinese terms in parentheses: ``"2. The soft prompt (软提示), from scratch"`` and
+    ``"2. The soft prompt, from scratch"`` cite the same section."""
+    return _CHINESE_IN_PARENTHESES.sub("", heading).strip()
+
+
+def _heading_words(key: str) -> tuple[str | None, set[str]]:
+    number = re.match(r"(\d+(?:\.\d+)*)\.?\s", key)
+    return (number.group(1) if number else None), set(re.findall(r"[a-z0-9]{2,}", key.lower()))
+
+
+def cites(heading: str, existing: Iterable[str]) -> bool:
+    """Whether a cited heading names one of ``existing``: the same :func:`heading_key`, or -- for a numbered
+    section -- the same number and at least half of the cited words (so "3. Switching: ..." still finds
+    "3. Adapter switching (适配器切换): ..." after a heading gained a term, but not another section)."""
+    key = heading_key(heading)
+    keys = {heading_key(h) for h in existing}
+    if key in keys:
+        return True
+    number, words = _heading_words(key)
+    if number is None or not words:
+        return False
+    for other in keys:
+        other_number, other_words = _heading_words(other)
+        if other_number == number and len(words & other_words) >= len(words) / 2:
+            return True
+    return False
+
+
 def validate_bank(questions: Sequence[Question] = QUESTIONS, notebooks_src: str | Path | None = None) -> list[str]:
     """Problems in the bank (an empty list when it is sound); the unit tests assert there are none.
 
     With ``notebooks_src`` (the folder of the notebook sources), every cited heading must exist in the source of
-    its notebook, if that source exists.
+    its notebook, if that source exists (by :func:`cites`: a Chinese term added to a heading does not break it).
     """
     problems = []
     ids = [q.id for q in questions]
@@ -642,7 +698,7 @@ def validate_bank(questions: Sequence[Question] = QUESTIONS, notebooks_src: str 
                 headings[notebook] = ({m.group(1).strip() for m in re.finditer(r"^# #+ (.+)$", source.read_text(),
                                                                                  re.MULTILINE)}
                                       if source.exists() else None)
-            if headings[notebook] is not None and heading not in headings[notebook]:
+            if headings[notebook] is not None and not cites(heading, headings[notebook]):
                 problems.append(f"{q.id}: {notebook} has no heading {heading!r}")
         for term in q.terms:
             if term not in GLOSSARY:
@@ -651,6 +707,20 @@ def validate_bank(questions: Sequence[Question] = QUESTIONS, notebooks_src: str 
             if text not in q.answer and text not in q.question:
                 problems.append(f"{q.id}: fact {name}={text!r} does not appear in the question or answer")
     return problems
+
+
+def glossary_markdown(glossary: dict[str, str] | None = None, columns: int = 1) -> str:
+    """The glossary as a Markdown table, Chinese → English, in order; ``columns=2`` puts two pairs of columns side by
+    side (read down the first pair, then the second), half as long."""
+    pairs = list((GLOSSARY if glossary is None else glossary).items())
+    if not isinstance(columns, int) or columns < 1:
+        raise ValueError(f"columns must be a positive int, got {columns!r}.")
+    rows = -(-len(pairs) // columns)
+    lines = ["| 中文 | English " * columns + "|", "| --- | --- " * columns + "|"]
+    for i in range(rows):
+        cells = [pairs[i + c * rows] if i + c * rows < len(pairs) else ("", "") for c in range(columns)]
+        lines.append("".join(f"| {zh} | {en} " for zh, en in cells) + "|")
+    return "\n".join(lines)
 
 
 def to_markdown(questions: Sequence[Question], *, answers: str = "collapsed", numbered_from: int = 1) -> str:
@@ -703,6 +773,14 @@ class SelfCheck:
     def current(self) -> Question | None:
         return self.pool[self.index] if self.pool else None
 
+    def to_first_multiple_choice(self) -> Question | None:
+        """Go to the pool's first multiple-choice question (stay put if it has none)."""
+        for i, q in enumerate(self.pool):
+            if q.is_multiple_choice:
+                self.index, self.answered = i, False
+                break
+        return self.current
+
     def next(self) -> Question | None:
         """Move to the next question of the pool (wrapping around)."""
         if self.pool:
@@ -736,20 +814,62 @@ def _question_html(quiz: SelfCheck) -> str:
             f"</b><br>{html.escape(q.question)}")
 
 
-def self_check_widget(questions: Sequence[Question] = QUESTIONS):
+#: The value of the topic and level menus' first entry: no filter (ipywidgets reserves ``None`` for "no selection").
+ALL = "all"
+
+#: The line under the self-check's opening question: the buttons do nothing without a kernel.
+QUIZ_NOTE = "Run this cell in a live notebook to take the quiz: the controls need a running kernel."
+
+
+def filter_options(questions: Sequence[Question] = QUESTIONS) -> tuple[list[tuple[str, str]], list[tuple[str, object]]]:
+    """The topic and level menus of the self-check: ``(label, value)`` pairs, each label with its question count,
+    ``("all topics (N questions)", "all")`` first, then e.g. ``("LoRA: n questions", "lora")``; topics without a
+    question are left out."""
+    by_topic = {key: sum(q.topic == key for q in questions) for key in TOPICS}
+    by_level = {key: sum(q.level == key for q in questions) for key in LEVELS}
+
+    def count(n):
+        return f"{n} question{'' if n == 1 else 's'}"
+
+    topics = [(f"all topics ({count(len(questions))})", ALL)] + [
+        (f"{label}: {count(n)}", key) for key, label in TOPICS.items() if (n := by_topic[key])]
+    levels = [(f"all levels ({count(len(questions))})", ALL)] + [
+        (f"{label}: {count(n)}", key) for key, label in LEVELS.items() if (n := by_level[key])]
+    return topics, levels
+
+
+def question_text(quiz: SelfCheck) -> str:
+    """The current question as plain text: position, level, topic, the question and its lettered choices."""
+    q = quiz.current
+    if q is None:
+        return "No question matches this filter."
+    lines = [f"{quiz.index + 1} / {len(quiz.pool)} · {LEVELS[q.level]} · {TOPICS[q.topic]}", q.question]
+    lines += [f"  {chr(ord('a') + i)}) {choice}" for i, choice in enumerate(q.choices)]
+    return "\n".join(lines)
+
+
+def self_check_widget(questions: Sequence[Question] = QUESTIONS, static: bool = True):
     """Topic and level menus, the question, its choices, Check / Show answer / Next buttons, and the score.
 
+    Opens on the first multiple-choice question (and does so again whenever a menu changes the pool). With
+    ``static=True`` it first prints that question and :data:`QUIZ_NOTE`, what a view without a kernel can show.
     Returns an ipywidgets ``VBox`` whose ``quiz`` attribute is the :class:`SelfCheck` it drives.
     """
     import html
 
     import ipywidgets as widgets
 
+    from .explorers import explorer_box
+
     quiz = SelfCheck(questions)
-    topic = widgets.Dropdown(options=[("all topics", None)] + [(label, key) for key, label in TOPICS.items()],
-                             value=None, description="topic")
-    level = widgets.Dropdown(options=[("all levels", None)] + [(label, key) for key, label in LEVELS.items()],
-                             value=None, description="level")
+    quiz.to_first_multiple_choice()
+    if static:
+        print("Self-check, opening question:")
+        print(question_text(quiz))
+        print(QUIZ_NOTE)
+    topic_options, level_options = filter_options(quiz.questions)
+    topic = widgets.Dropdown(options=topic_options, value=ALL, description="topic", layout=widgets.Layout(width="30em"))
+    level = widgets.Dropdown(options=level_options, value=ALL, description="level", layout=widgets.Layout(width="22em"))
     question = widgets.HTML()
     choices = widgets.RadioButtons(options=[], value=None, layout=widgets.Layout(width="max-content"))
     check = widgets.Button(description="Check", button_style="primary")
@@ -770,7 +890,9 @@ def self_check_widget(questions: Sequence[Question] = QUESTIONS):
         score.value = f"<small>{quiz.score}</small>"
 
     def on_filter(_change=None):
-        quiz.set_filter(topic=topic.value, level=level.value)
+        quiz.set_filter(topic=None if topic.value == ALL else topic.value,
+                        level=None if level.value == ALL else level.value)
+        quiz.to_first_multiple_choice()
         show()
 
     def on_check(_button=None):
@@ -795,13 +917,15 @@ def self_check_widget(questions: Sequence[Question] = QUESTIONS):
     reveal.on_click(on_reveal)
     following.on_click(on_next)
     show()
-    box = widgets.VBox([widgets.HBox([topic, level]), question, choices,
-                        widgets.HBox([check, reveal, following]), feedback, score])
+    box = explorer_box([widgets.HBox([topic, level]), question, choices,
+                        widgets.HBox([check, reveal, following]), feedback, score], "self-check quiz")
     box.quiz = quiz
     return box
 
 
 __all__ = [
-    "AnswerCheck", "GLOSSARY", "LEVELS", "NOTEBOOKS", "QUESTIONS", "Question", "SelfCheck", "TOPICS", "check_answer",
-    "get_question", "pick_questions", "select_questions", "self_check_widget", "to_markdown", "validate_bank",
+    "ALL", "AnswerCheck", "GLOSSARY", "LEVELS", "NOTEBOOKS", "QUESTIONS", "QUIZ_NOTE", "Question", "SelfCheck", "TOPICS",
+    "check_answer", "cites", "filter_options", "get_question", "glossary_markdown", "heading_key", "pick_questions", "question_text",
+    "select_questions",
+    "self_check_widget", "to_markdown", "validate_bank",
 ]

@@ -8,6 +8,7 @@ import pytest
 
 from peftedu.accounting import GB, LLAMA_SHAPES, count_parameters, memory_table
 from peftedu.explorers import (
+    LIVE_NOTE,
     describe_lora,
     linear_suffixes,
     lora_memory,
@@ -97,10 +98,21 @@ def test_plot_stacks_the_breakdown():
     matplotlib.pyplot.close("all")
 
 
+def test_plot_legend_sits_outside_the_bars():
+    estimates = memory_estimates("7B", ["full-fp32", "full-mixed", "lora", "qlora"])
+    fig, ax = matplotlib.pyplot.subplots(figsize=(7, 3.5))
+    plot_memory_breakdown(estimates, ax=ax, gpu_gb=24)
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 > ax.get_window_extent().x1  # right of the axes
+    assert not any(legend.overlaps(bar.get_window_extent()) for bar in ax.patches)
+    matplotlib.pyplot.close("all")
+
+
 def test_widgets_build_headless_and_react(capsys):
-    widget = lora_rank_explorer(plot=False)
+    widget = lora_rank_explorer(plot=False, static=False)
     first = capsys.readouterr().out
-    assert "smollm2-135m: LoRA r=8" in first and "trainable params:" in first
+    assert "smollm2-135m: LoRA r=8" in first and "trainable params:" in first and LIVE_NOTE not in first
     arch, rank = widget.children[0].children
     targets = widget.children[1]
     rank.value = 32
@@ -112,6 +124,32 @@ def test_widgets_build_headless_and_react(capsys):
     explorer = memory_explorer(plot=True)
     out = capsys.readouterr().out
     assert "qlora" in out and "full-mixed" in out
+    matplotlib.pyplot.close("all")
+
+
+def test_explorers_show_their_default_state_for_views_without_a_kernel(capsys):
+    # what a saved notebook shows on GitHub: the default state as text (and a figure), one line on the controls,
+    # and a widget whose text form names it instead of "VBox(children=(HBox(..."
+    widget = lora_rank_explorer(plot=False)
+    static = capsys.readouterr().out.split("\n")
+    default = describe_lora("smollm2-135m", 8, ["q_proj", "v_proj"]).split("\n")
+    assert static[:len(default)] == default and LIVE_NOTE in static
+    assert repr(widget) == "LoRA rank explorer (interactive: the controls need a running kernel)"
+    bundle = widget._repr_mimebundle_()
+    assert bundle["text/plain"] == repr(widget) and "application/vnd.jupyter.widget-view+json" in bundle
+
+    explorer = memory_explorer(plot=False)
+    lines = capsys.readouterr().out.split("\n")
+    # the printed state is arithmetic on counts: the same text on every machine (nbval-safe)
+    assert lines[0] == "7B, every method, LoRA r=64 on all linear layers, activations not included (the explorer's default state):"
+    assert lines[1].startswith(" full-fp32:    107.8 GB") and lines[5].startswith("     qlora:      5.8 GB")
+    assert lines[6] == LIVE_NOTE
+    assert repr(explorer).startswith("memory explorer (interactive") and len(repr(explorer)) <= 110
+    assert not repr(explorer).startswith("VBox")
+    memory_explorer(plot=False)
+    assert capsys.readouterr().out.split("\n")[:7] == lines[:7]  # built twice: the same text
+    with_figure = memory_explorer(plot=True)
+    assert LIVE_NOTE in capsys.readouterr().out and len(with_figure.children) == 3
     matplotlib.pyplot.close("all")
 
 

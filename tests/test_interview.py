@@ -1,20 +1,25 @@
 """The interview question bank is sound, its references exist, and the self-check grades and navigates."""
 
+import re
 from pathlib import Path
 
 import pytest
 
 from peftedu import interview
 from peftedu.interview import (
+    ALL,
     GLOSSARY,
     LEVELS,
     NOTEBOOKS,
     QUESTIONS,
+    QUIZ_NOTE,
     TOPICS,
     SelfCheck,
     check_answer,
+    filter_options,
     get_question,
     pick_questions,
+    question_text,
     select_questions,
     self_check_widget,
     to_markdown,
@@ -151,12 +156,12 @@ def test_self_check_state():
 
 
 def test_widget_builds_headless_and_reacts():
-    box = self_check_widget()
+    box = self_check_widget(static=False)
     quiz = box.quiz
     (topic, level), question, choices, (check, reveal, following), feedback, score = (
         box.children[0].children, box.children[1], box.children[2], box.children[3].children, box.children[4],
         box.children[5])
-    assert len(quiz.pool) == len(QUESTIONS) and QUESTIONS[0].question.split()[0] in question.value
+    assert len(quiz.pool) == len(QUESTIONS) and quiz.current.question.split()[0] in question.value
     topic.value = "qlora"
     level.value = 2
     assert [q.topic for q in quiz.pool] == ["qlora"] * len(quiz.pool) and all(q.level == 2 for q in quiz.pool)
@@ -175,3 +180,119 @@ def test_widget_builds_headless_and_reacts():
     assert quiz.current is None and "No question" in question.value and check.disabled and following.disabled
     topic.value = "why-peft"
     assert check.disabled == (not quiz.current.is_multiple_choice)
+    topic.value, level.value = ALL, ALL  # back to every question
+    assert len(quiz.pool) == len(QUESTIONS)
+
+
+def test_menus_have_labelled_values_with_counts_and_no_none():
+    # ipywidgets reads a value of None as "nothing selected": the menus opened blank when "all" was None
+    topics, levels = filter_options()
+    assert topics[0] == (f"all topics ({len(QUESTIONS)} questions)", ALL)
+    assert levels[0] == (f"all levels ({len(QUESTIONS)} questions)", ALL)
+    for (label, value), expected in zip(levels[1:], LEVELS):
+        n = len(select_questions(level=expected))
+        assert value == expected and label == f"{LEVELS[expected]}: {n} question{'' if n == 1 else 's'}"
+    assert {value for _, value in topics[1:]} == {q.topic for q in QUESTIONS}
+    assert dict((value, label) for label, value in topics)["lora"].endswith(f": {len(select_questions('lora'))} questions")
+    assert None not in [value for _, value in topics + levels]
+    box = self_check_widget(static=False)
+    topic, level = box.children[0].children
+    assert (topic.value, topic.label) == (ALL, topics[0][0]) and (level.value, level.label) == (ALL, levels[0][0])
+
+
+def test_widget_opens_on_a_multiple_choice_question_and_prints_it_for_static_views(capsys):
+    box = self_check_widget()
+    out = capsys.readouterr().out
+    first = next(q for q in QUESTIONS if q.is_multiple_choice)
+    assert box.quiz.current is first and not box.children[3].children[0].disabled  # "Check" is live
+    assert question_text(box.quiz) in out and QUIZ_NOTE in out
+    assert f"  a) {first.choices[0]}" in question_text(box.quiz)
+    assert repr(box) == "self-check quiz (interactive: the controls need a running kernel)"
+    quiz = SelfCheck(topic="lora")
+    assert quiz.current.id == "lora-formula" and quiz.to_first_multiple_choice().id == "lora-init"
+    assert SelfCheck(topic="dora", multiple_choice=True).to_first_multiple_choice() is None
+
+
+def test_lora_7b_share_uses_peft_denominator():
+    # one denominator in the series: trainable / (base + LoRA), as peft's print_trainable_parameters (notebook 00 too)
+    from peftedu.accounting import LLAMA_SHAPES
+
+    llama7 = LLAMA_SHAPES["7B"]
+    lora, base = llama7.lora_params(64), llama7.n_params()
+    q = get_question("lora-7b")
+    assert q.facts["lora"] == f"{lora:,}" and q.facts["n"] == f"{base:,}"
+    assert q.facts["share"] == f"{100 * lora / (base + lora):.2f}%" == "2.32%"
+    assert "base + LoRA" in q.answer and "print_trainable_parameters" in q.answer
+
+
+def test_cache_positions_are_presented_as_a_design_choice():
+    answer = get_question("cache-api").answer
+    for phrase in ("p..p+T-1", "0..T-1", "design choice", "transformers", "peftedu", "training and inference"):
+        assert phrase in answer, phrase
+
+
+# --------------------------------------------------------------------------------- one term per concept
+CJK = re.compile(r"[\u4e00-\u9fff]")
+# Chinese in parentheses right after English text: "prefix tuning (前缀微调)", "**GQA** (分组查询注意力: ...)"
+TERMS_IN_PARENTHESES = re.compile(r"(?<=[A-Za-z0-9`*)\]]) ?\(([^()\n]*[\u4e00-\u9fff][^()\n]*)\)")
+# Chinese in parentheses that is not a GLOSSARY term, each with the reason (keep this list short)
+NOT_GLOSSARY_TERMS: dict[str, str] = {}  # e.g. {"他说的原话": "a sentence quoted from source 002"}
+LEVEL_NAMES = {re.search(r"\((.+)\)", label).group(1) for label in LEVELS.values()}  # 基础, 进阶, 深入
+
+
+def chinese_terms_in_parentheses(text: str) -> list[str]:
+    """Each Chinese part of a parenthesis after English text: split at commas, semicolons and slashes, cut at a
+    colon (an explanation follows), spaces removed ("4 位正态浮点" is the key 4位正态浮点)."""
+    terms = []
+    for match in TERMS_IN_PARENTHESES.finditer(text):
+        for part in re.split(r"[,，、;；/]", match.group(1)):
+            part = re.split(r"[:：]", part)[0]
+            if CJK.search(part):
+                terms.append(re.sub(r"\s+", "", part))
+    return terms
+
+
+def test_term_scanner():
+    text = ("## 2. Prefix tuning (前缀微调) from scratch\n**GQA** (分组查询注意力: 9 heads share 3)\n"
+            "forgetting (灾难性遗忘, catastrophic forgetting), NF4 (4 位正态浮点, NormalFloat-4)\n"
+            "他说(不是术语) and (LoRA) stay out")
+    assert chinese_terms_in_parentheses(text) == ["前缀微调", "分组查询注意力", "灾难性遗忘", "4位正态浮点"]
+
+
+def test_chinese_terms_in_notebooks_are_glossary_terms():
+    unknown = {}
+    for source in sorted(NOTEBOOK_SOURCES.glob("*.py")):
+        for term in chinese_terms_in_parentheses(source.read_text()):
+            if term not in GLOSSARY and term not in LEVEL_NAMES and term not in NOT_GLOSSARY_TERMS:
+                unknown.setdefault(term, []).append(source.stem)
+    assert unknown == {}, f"Chinese terms that are not GLOSSARY keys (use the glossary's term, or add it): {unknown}"
+
+
+def test_glossary_uses_the_sources_terms():
+    # source 001 names the three families 添加附加参数 / 选择性微调 / 基于重参数化; 01 says 选择性微调
+    assert "选择性微调" in GLOSSARY and "选择式" not in GLOSSARY
+    assert "选择性微调" in get_question("families").terms
+    assert all("选择式" not in q.question + q.answer for q in QUESTIONS)
+
+
+def test_a_chinese_term_added_to_a_heading_keeps_its_citations():
+    assert interview.heading_key("2. The soft prompt (软提示), from scratch") == "2. The soft prompt, from scratch"
+    assert interview.heading_key("11. Merging the weights (权重合并): W ← W + (α/r)·B A") == \
+        "11. Merging the weights: W ← W + (α/r)·B A"  # parentheses without Chinese stay
+    existing = ["3. Adapter switching (适配器切换): `set_adapter`, `disable_adapter()`", "4. A mixed batch", "Summary"]
+    assert interview.cites("3. Switching: `set_adapter`, `disable_adapter()`", existing)  # a heading gained a term
+    assert interview.cites("Summary", existing)
+    assert not interview.cites("4. Throughput: mixed batch vs switching", existing)  # same number, another section
+    assert not interview.cites("No such heading", existing)
+
+
+def test_glossary_markdown_lists_every_term_once():
+    from peftedu.interview import glossary_markdown
+
+    one, two = glossary_markdown(), glossary_markdown(columns=2)
+    assert one.splitlines()[0] == "| 中文 | English |" and len(one.splitlines()) == len(GLOSSARY) + 2
+    assert len(two.splitlines()) == -(-len(GLOSSARY) // 2) + 2
+    for zh, en in GLOSSARY.items():
+        assert one.count(f"| {zh} | {en} |") == 1 and two.count(f"| {zh} | {en} |") == 1
+    with pytest.raises(ValueError, match="columns"):
+        glossary_markdown(columns=0)

@@ -34,6 +34,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 import transformers
+from IPython.display import Markdown, display
 
 import peftedu
 from peftedu.compare import cmp, measured, rounding_tolerance
@@ -55,7 +56,9 @@ from peftedu.data import (
     load_task,
     tokenize_example,
 )
-from peftedu.explorers import architecture, decoder_layers, memory_estimates, memory_explorer, plot_memory_breakdown
+from peftedu.explorers import (LIVE_NOTE, architecture, decoder_layers, memory_estimates, memory_explorer,
+                                plot_memory_breakdown)
+from peftedu.interview import GLOSSARY, get_question, glossary_markdown
 from peftedu.models import DEFAULT_MODEL, build_from_config, is_pretrained, load_base, model_name
 from peftedu.training import evaluate, generate_answers, get_profile
 
@@ -66,7 +69,25 @@ print("peftedu", peftedu.__version__, "| torch", torch.__version__, "| transform
 print("profile:", profile.name)
 
 # %% [markdown]
-# ## 1. Full fine-tuning vs parameter-efficient fine-tuning
+# ## Glossary: one Chinese term per concept (术语表)
+#
+# If you have read PEFT tutorials in Chinese — the five source texts of this course are such tutorials and
+# interview notes — you know the methods by their Chinese names, and interviewers often mix both languages
+# ("LoRA 的秩怎么选?"). Every notebook writes the Chinese term next to the English one on first use, e.g.
+# `prefix tuning (前缀微调)`, and the series uses **one term per concept**: the one the source tutorials use, such
+# as 选择性微调 for selective methods (source 001). Where the sources use two words for one idea, the table keeps
+# one: full fine-tuning is 全参数微调 here, which other tutorials also call 全量微调. The table is
+# `peftedu.interview.GLOSSARY`; a unit test checks that every Chinese term a notebook writes in parentheses after
+# an English one is in it, and notebook 13 uses it for its interview questions.
+
+# %%
+glossary_md = glossary_markdown(columns=2)  # two pairs of columns side by side: half as long
+display(Markdown(glossary_md))
+assert all(f"| {zh} | {en} |" in glossary_md for zh, en in GLOSSARY.items())  # every term, Chinese → English
+assert "选择性微调" in GLOSSARY and "全参数微调" in GLOSSARY  # the sources' terms, one per concept
+
+# %% [markdown]
+# ## 1. Full fine-tuning (全参数微调) vs parameter-efficient fine-tuning (参数高效微调)
 #
 # **Full fine-tuning** updates every weight of the pretrained model. Training with AdamW then keeps, for
 # *every* parameter, the weight itself, its gradient and two optimizer states (Adam's first and second
@@ -79,7 +100,7 @@ print("profile:", profile.name)
 # 12 extra bytes per parameter disappear for almost all of the model, and a task costs megabytes of
 # adapter instead of gigabytes of model.
 #
-# ### 1.1 The 20.8 GB of the source tutorial, reproduced
+# ### 1.1 GPU memory (显存): the 20.8 GB of the source tutorial, reproduced
 #
 # Source 002 fine-tunes `Langboat/bloom-1b4-zh` and estimates full fp32 fine-tuning at
 # 1.3B × (4 + 4 + 2·4) bytes = 20.8 GB. We don't need to download the model to check this: building its
@@ -95,7 +116,7 @@ assert total == 1_303_111_680 and trainable == total
 
 # %% [markdown]
 # `estimate_training_memory` writes down every byte as an assumption: fp32 weights (4 bytes), fp32
-# gradients (4 bytes), and AdamW's two fp32 states (8 bytes) — 16 bytes per parameter. GB means
+# gradients (4 bytes), and AdamW's two fp32 optimizer states (优化器状态, 8 bytes) — 16 bytes per parameter. GB means
 # 10⁹ bytes here, as in the source; `nvidia-smi` prints GiB (2³⁰ bytes), a unit 7% larger.
 
 # %%
@@ -125,7 +146,7 @@ assert bloom_estimates["lora"].optimizer_gb < bloom_estimates["full-fp32"].optim
 assert bloom_estimates["qlora"].weights_gb < bloom_estimates["lora"].weights_gb / 3
 
 # %% [markdown]
-# ### 1.2 BitFit's share of bloom-1b4-zh: 0.0418%, not 0.418%
+# ### 1.2 BitFit (偏置微调): its share of bloom-1b4-zh is 0.0418%, not 0.418%
 #
 # The same source trains only the biases (BitFit) and reports 544,768 trainable parameters, "0.418%" of
 # the model. The count is right; the percentage is ten times too large:
@@ -138,7 +159,7 @@ assert bias_params == 544_768
 assert round(share, 4) == 0.0418
 
 # %% [markdown]
-# ### 1.3 The 7B / 13B / 70B table
+# ### 1.3 The 7B / 13B / 70B table: everything 16-bit, or mixed precision (混合精度)?
 #
 # Source 003 motivates PEFT with this table (FP16 weights, "Adam overhead (gradients + momentum)", total):
 # 7B: 14 / 28 / 56 GB, 13B: 26 / 52 / 104 GB, 70B: 140 / 280 / 560 GB. Which assumptions make it add up?
@@ -178,9 +199,13 @@ for label in ("7B", "13B", "70B"):
     print(f"{LLAMA_SHAPES[label].name:<12} {rows['full-fp32']['n_params']:>15,} "
           + " ".join(f"{rows[m]['total_gb']:>11.1f}" for m in methods))
 lora_7b = next(r for r in exact if r["model"] == "7B" and r["method"] == "lora")
-print(f"LoRA r=64 on all linear layers of LLaMA-7B: {lora_7b['trainable_params']:,} trainable parameters "
-      f"({100 * lora_7b['trainable_params'] / lora_7b['n_params']:.2f}%)")
+lora_share = 100 * lora_7b["trainable_params"] / lora_7b["n_params"]  # n_params: base + LoRA, as peft counts
+print(f"LoRA r=64 on all linear layers of LLaMA-7B: {lora_7b['trainable_params']:,} trainable parameters, "
+      f"{lora_share:.2f}% of all {lora_7b['n_params']:,} parameters (base + LoRA, the denominator of peft's "
+      "print_trainable_parameters)")
 assert LLAMA_SHAPES["7B"].n_params() == 6_738_415_616  # LLaMA-7B, Touvron et al. 2023, Table 2
+assert lora_7b["n_params"] == LLAMA_SHAPES["7B"].n_params() + lora_7b["trainable_params"]
+assert f"{lora_share:.2f}%" == get_question("lora-7b").facts["share"]  # notebook 13's interview answer: one denominator
 qlora_7b = next(r for r in exact if r["model"] == "7B" and r["method"] == "qlora")
 assert qlora_7b["total_gb"] < 24  # QLoRA of 7B fits a 24 GB card before activations
 assert next(r for r in exact if r["model"] == "7B" and r["method"] == "full-mixed")["total_gb"] > 80  # full: not even 80 GB
@@ -189,12 +214,17 @@ assert next(r for r in exact if r["model"] == "7B" and r["method"] == "full-mixe
 # ### 1.4 Explore it yourself
 #
 # The explorer below recomputes the breakdown for any model size, any set of recipes, any LoRA rank and
-# an activation budget you type in. (In a static view, e.g. on GitHub, widgets do not render; run the
-# notebook to use them.)
+# an activation budget you type in. Its controls need a running kernel: in a static view (GitHub, or a saved
+# notebook opened without one) they cannot run, so the cell also prints and draws the explorer's default state,
+# LLaMA-7B with every recipe and LoRA rank 64, with the legend beside the bars.
+#
+# (`pytest --nbval` skips this cell's output: nbval does not route a widget's own output into the widget as
+# Jupyter does, so the live widget's text would appear there twice.)
 
 # %% tags=["nbval-ignore-output"]
 explorer = memory_explorer()
 assert len(explorer.children) == 3  # controls, controls, output
+assert repr(explorer).startswith("memory explorer")  # what a view without widgets shows, not "VBox(children=..."
 explorer
 
 # %% [markdown]
@@ -220,7 +250,7 @@ if model_name() == DEFAULT_MODEL:  # SmolLM2-135M, the default
     assert (arch.n_layers, arch.hidden, arch.n_heads, arch.n_kv_heads) == (30, 576, 9, 3)
 
 # %% [markdown]
-# On SmolLM2-135M, the default, nine query heads share three key/value heads (grouped-query attention), so
+# On SmolLM2-135M, the default, nine query heads share three key/value heads (grouped-query attention, 分组查询注意力), so
 # `k_proj` and `v_proj` map 576 → 3·64 = 192 features while `q_proj` maps 576 → 576. These shapes decide how many
 # parameters a LoRA on each projection adds (notebook 06). The cell lists the linear layers of the first block of
 # the model in use (BLOOM, for one, fuses the three projections into one `query_key_value` layer):
@@ -382,29 +412,29 @@ else:
     assert all(0 <= result["score"] <= 1 and result["n"] > 0 for result in baseline.values())
 
 # %% [markdown]
-# ## 5. Map of the series
+# ## 5. Map of the series: additive (添加式), selective (选择性微调) and reparameterization (重参数化) methods
 #
 # The methods fall into the three families of source 001 (and of Lialin et al. 2023, *Scaling Down to Scale
-# Up*): **selective** methods train a subset of the existing weights, **additive** methods add new
-# parameters (new tokens or new modules), **reparameterization** methods write the weight update in a cheaper
-# form. Each notebook builds its method from scratch, proves it equal to HF `peft`, trains it on `topic`
+# Up*): **selective** methods (选择性微调) train a subset of the existing weights, **additive** methods (添加式)
+# add new parameters (new tokens or new modules), **reparameterization** methods (重参数化) write the weight
+# update in a cheaper form. Each notebook builds its method from scratch, proves it equal to HF `peft`, trains it on `topic`
 # and saves/reloads the adapter.
 #
 # | # | method | family | what is trained | extra cost at inference |
 # | --- | --- | --- | --- | --- |
-# | 01 | BitFit | selective | the bias vectors | none |
+# | 01 | BitFit (偏置微调) | selective | the bias vectors | none |
 # | 02 | prompt tuning (提示微调) | additive (soft prompt) | embeddings of virtual tokens before the input | longer input |
 # | 03 | P-tuning | additive (soft prompt) | an MLP/LSTM that produces the virtual tokens | longer input |
 # | 04 | prefix tuning (前缀微调) | additive (soft prompt) | keys and values prepended in every layer | longer attention |
 # | 05 | adapters (适配器), LLaMA-Adapter | additive (modules) | small bottleneck MLPs / gated prompts inside the blocks | extra layers |
 # | 06 | LoRA (低秩适配), rsLoRA, LoRA+ | reparameterization | low-rank factors A, B of each weight update | none once merged |
-# | 07 | QLoRA | reparameterization + quantization | LoRA on a 4-bit NF4 base | de-quantization |
-# | 08 | DoRA | reparameterization | LoRA for the direction + a magnitude vector | none once merged |
-# | 09 | AdaLoRA | reparameterization | SVD-form updates whose ranks are pruned to a budget | none once merged |
-# | 10 | IA3 | additive (rescaling) | vectors that rescale keys, values and MLP activations | none once merged |
-# | 11 | serving | — | many adapters on one base, mixed batches, export | — |
-# | 12 | the showdown | — | every method side by side, measured | — |
-# | 13 | interview preparation | — | a question bank with self-check | — |
+# | 07 | QLoRA (量化低秩适配) | reparameterization + quantization | LoRA on a 4-bit NF4 base | de-quantization |
+# | 08 | DoRA (权重分解低秩适配) | reparameterization | LoRA for the direction + a magnitude vector | none once merged |
+# | 09 | AdaLoRA (自适应低秩适配) | reparameterization | SVD-form updates whose ranks are pruned to a budget | none once merged |
+# | 10 | IA3 (抑制和放大内部激活) | additive (rescaling) | vectors that rescale keys, values and MLP activations | none once merged |
+# | 11 | serving (多适配器部署) | — | many adapters on one base, mixed batches, export | — |
+# | 12 | the showdown (方法对比) | — | every method side by side, measured | — |
+# | 13 | interview preparation (面试准备) | — | a question bank with self-check | — |
 
 # %% [markdown]
 # ## 6. Reading the outputs: verdicts, tolerances and ≈
@@ -489,6 +519,8 @@ print("nbval reads:", re.sub(rules["measured"]["regex"], rules["measured"]["repl
 # %% [markdown]
 # ## Summary
 #
+# * The series uses one Chinese term per concept, the source tutorials' term: the glossary at the top is
+#   `peftedu.interview.GLOSSARY`.
 # * Full fine-tuning with AdamW in fp32 needs 16 bytes per parameter before activations: for bloom-1b4-zh's
 #   1,303,111,680 parameters that is the source tutorial's 20.8 GB (computed above on the meta device).
 # * Tables of "training memory" only make sense with their assumptions: source 003's 7B/13B/70B table assumes
