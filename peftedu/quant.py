@@ -57,8 +57,9 @@ import torch.nn.functional as F
 from torch import nn
 
 NF4_OFFSET = 0.9677083
-"""bitsandbytes' rounding of 1 - (1/(2*15) + 1/(2*16)) / 2 = 0.96770833...: the largest quantile
-used, half-way between the outermost quantiles of a 15-level and a 16-level symmetric grid."""
+"""bitsandbytes' rounding of 1 - δ with δ = (1/30 + 1/32) / 2 = 0.03229166...: the largest probability
+whose N(0, 1) quantile is used. δ averages two tail *probabilities*, 1/(2·15) and 1/(2·16) (half a step of a
+15- and of a 16-level grid), not two quantiles (QLoRA, Dettmers et al. 2023, Appendix)."""
 
 NESTED_BLOCKSIZE = 256
 QUANT_TYPES = ("nf4", "fp4", "int4")
@@ -569,8 +570,52 @@ def plot_nf4_histogram(data: dict, title: str = "", axes=None):
     return axes
 
 
+EXPLORER_STATIC_NOTE = "Run this cell in a live notebook to explore: the controls need a running kernel."
+"""The line a static view (GitHub, nbviewer, an HTML export) shows under an explorer's default state."""
+
+
+@functools.cache
+def _explorer_box_class():
+    """``ExplorerBox``: an ipywidgets VBox that a static view shows as its default state, not as ``VBox(...)``."""
+    import ipywidgets as widgets
+
+    class ExplorerBox(widgets.VBox):
+        """A live front-end renders the widget; a static view cannot, and picks the richest other type of the
+        same display bundle: ``image/png`` (the default state, with ``EXPLORER_STATIC_NOTE`` drawn under it),
+        else ``text/plain`` (the note alone)."""
+
+        static_png = ""  # base64 PNG of the default state, set by the function that builds the explorer
+
+        def _repr_mimebundle_(self, **kwargs):
+            data = super()._repr_mimebundle_(**kwargs) or {}
+            data["text/plain"] = EXPLORER_STATIC_NOTE
+            if self.static_png:
+                data["image/png"] = self.static_png
+            return data
+
+    return ExplorerBox
+
+
+def _static_png(figure) -> str:
+    """The figure with the static note under it, as base64 PNG; the figure is closed."""
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+
+    figure.text(0.5, 0.0, EXPLORER_STATIC_NOTE, ha="center", va="top", fontsize=9, style="italic")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def nf4_histogram_widget(weights: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], blocksize: int = 64):
-    """ipywidgets explorer: a slider picks the layer, the plot redraws. Built without a front-end."""
+    """ipywidgets explorer: a slider picks the layer, the plot redraws. Built without a front-end.
+
+    Returns an ``ExplorerBox`` (a VBox): displayed in a static view it shows the first layer's histograms and
+    ``EXPLORER_STATIC_NOTE`` instead of the widget's raw repr.
+    """
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
     from IPython.display import display
@@ -581,14 +626,19 @@ def nf4_histogram_widget(weights: Mapping[str, torch.Tensor] | Sequence[torch.Te
     slider = widgets.IntSlider(value=0, min=0, max=len(items) - 1, description="layer")
     output = widgets.Output()
 
+    def figure_of(index):
+        name, weight = items[index]
+        return plot_nf4_histogram(nf4_histogram_explorer(weight, blocksize), title=name)[0].figure
+
     def draw(_change=None):
-        name, weight = items[slider.value]
         output.clear_output(wait=True)
         with output:
-            figure = plot_nf4_histogram(nf4_histogram_explorer(weight, blocksize), title=name)[0].figure
+            figure = figure_of(slider.value)
             display(figure)
             plt.close(figure)  # shown once, by display
 
     slider.observe(draw, names="value")
     draw()
-    return widgets.VBox([slider, output])
+    box = _explorer_box_class()([slider, output])
+    box.static_png = _static_png(figure_of(0))
+    return box

@@ -324,6 +324,19 @@ def test_histogram_widget_builds_headless():
         Q.nf4_histogram_widget({})
 
 
+def test_histogram_widget_static_view_shows_default_state_and_note():
+    pytest.importorskip("ipywidgets")
+    import base64
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    bundle = Q.nf4_histogram_widget({"a": weight((16, 64))})._repr_mimebundle_()
+    assert bundle["text/plain"] == Q.EXPLORER_STATIC_NOTE  # not the raw "VBox(children=..."
+    assert base64.b64decode(bundle["image/png"]).startswith(b"\x89PNG")
+    assert "application/vnd.jupyter.widget-view+json" in bundle  # a live front-end still renders the widget
+
+
 # --------------------------------------------------------------------------- the real model
 def test_smollm2_first_block_quantized():
     """Real SmolLM2-135M weights, first decoder block only (the full model: scripts/measure_quant.py)."""

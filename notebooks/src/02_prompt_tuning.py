@@ -62,7 +62,7 @@ def model_tol(values):
     return rounding_tolerance(model.dtype, magnitude=values.abs().max().item(), terms=MODEL_TERMS)
 
 # %% [markdown]
-# ## 1. Hard prompts: the instruction is already a prompt
+# ## 1. Hard prompts (硬提示): the instruction is already a prompt
 #
 # Every record of the `topic` task carries an instruction written by a person, a *hard prompt*: discrete
 # tokens, each one a row of the frozen embedding table. How much does it help the base model? The test
@@ -124,10 +124,10 @@ else:
 # *about* the labels instead of answering with one, which the exact-match score does not forgive. Prompt
 # tuning replaces the search over wordings by gradient descent.
 #
-# ## 2. The soft prompt, from scratch
+# ## 2. The soft prompt (软提示), from scratch
 #
 # A hard prompt of `p` tokens is `p` rows of the embedding table `E`. A soft prompt is a `p x d` matrix `P`
-# of free numbers: an `nn.Embedding(p, d)` of *virtual tokens*. The model reads
+# of free numbers: an `nn.Embedding(p, d)` of *virtual tokens* (虚拟token). The model reads
 #
 # $$\text{inputs\_embeds} = [P_1, \dots, P_p, E[x_1], \dots, E[x_n]] \in \mathbb{R}^{B \times (p+n) \times d}$$
 #

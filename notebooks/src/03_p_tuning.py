@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 03 · P-tuning: a soft prompt made by a small network (提示编码器)
+# # 03 · P-tuning: a soft prompt (软提示) made by a small network, the prompt encoder (提示编码器)
 #
 # Prompt tuning (notebook 02) learns the `p` prompt vectors directly. P-tuning (Liu et al. 2021, "GPT
 # Understands, Too", arXiv:2103.10385) learns them *through* a small network, the prompt encoder: an MLP, or a
@@ -135,7 +135,7 @@ assert mlp_change[0] > 1e-3 and mlp_change[1:].eq(0).all()  # token by token
 assert (lstm_change > 1e-6).all()  # every row depends on every virtual token
 
 # %% [markdown]
-# ## 2. Why reparameterise?
+# ## 2. Why reparameterise (重参数化)?
 #
 # The P-tuning paper gives two reasons for the encoder. Optimised directly, the prompt vectors move in an
 # embedding space that pretraining made very uneven ("discrete"), and the optimiser easily ends in a poor
@@ -371,7 +371,7 @@ with torch.no_grad():
 as_prompt_tuning.print_trainable_parameters()
 
 # %% [markdown]
-# ## 7. P-tuning v2: deep prompts are prefix tuning without the projection
+# ## 7. P-tuning v2: deep prompts (深度提示) are prefix tuning (前缀微调) without the projection
 #
 # P-tuning (v1) and prompt tuning put their vectors at the *input* only; on small models and hard
 # sequence-labelling tasks they stay behind fine-tuning. P-tuning v2 (Liu et al. 2021, arXiv:2110.07602) adds

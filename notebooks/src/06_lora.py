@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # peft imports bitsandbytes; its CPU-kernel notice is noise here
 import peft
+from peft.optimizers import create_loraplus_optimizer as peft_create_loraplus_optimizer
 import torch
 import transformers
 from torch import nn
@@ -252,7 +253,7 @@ assert torch.equal(logits_of(scratch), base_logits)  # B = 0 everywhere: the sam
 # against this formula (printed per layer for the model in use; BLOOM's fused projection is d → 3d).
 # With B = 0 the wrapped model's logits equal the base model's exactly.
 #
-# ## 3. α/r or α/√r? Measuring rsLoRA's argument
+# ## 3. The scaling factor (缩放系数): α/r or α/√r? Measuring rsLoRA's argument
 #
 # Why divide by r at all? The LoRA paper wanted a change of r not to require re-tuning the learning rate. rsLoRA
 # (Kalajdzievski 2023, rank-stabilized LoRA) analyses how the learning signal depends on r and finds α/r too strong
@@ -444,7 +445,7 @@ else:
     raise AssertionError("a target matching nothing must raise")
 
 # %% [markdown]
-# ## 6. How big is a LoRA? The rank explorer
+# ## 6. How big is a LoRA? The rank (秩) explorer
 #
 # `lora_parameter_count` counts r·(in + out) over the targeted modules without building anything; the explorer
 # wraps it with a model menu (the 1B-class architectures are built on the meta device), a rank slider and the
@@ -508,7 +509,7 @@ else:
     assert after["n"] == before["n"] > 0
 
 # %% [markdown]
-# ## 8. LoRA+: a larger learning rate for B
+# ## 8. LoRA+: a larger learning rate (学习率) for B
 #
 # LoRA+ (Hayou et al. 2024) argues that A and B should not share a learning rate: B starts at zero and, in wide
 # layers, learns too slowly at the rate that suits A. It changes no module, only the optimizer's parameter groups:
@@ -528,6 +529,98 @@ for (group_name, members), group in zip(groups.items(), optimizer.param_groups):
 assert all("extract" in name for members in groups.values() for name in members)  # the topic adapter is frozen
 assert all("lora_B" in name for name in groups["groupB"]) and len(groups["groupB"]) == len(groups["groupA"])
 assert optimizer.param_groups[2]["lr"] == 16 * optimizer.param_groups[0]["lr"]
+
+# %% [markdown]
+# **The groups by hand.** `create_loraplus_optimizer` does nothing but sort the trainable tensors into four groups
+# and give each a learning rate and a weight decay. The rules, as in the paper's reference code and peft:
+#
+# * **embedding**: the tensors of a LoRA layer wrapping an `nn.Embedding` (peft's `lora_embedding_A/B`) get their
+#   own small learning rate, `loraplus_lr_embedding` (default 1e-6);
+# * **groupB**: `lora_B` — and every other 1-D tensor (biases, norm weights, DoRA's magnitude) — at `lr · ratio`;
+# * **groupB_no_decay**: the part of that which is a bias or belongs to an `nn.LayerNorm` (transformers' rule for
+#   no weight decay): `lr · ratio`, weight decay 0;
+# * **groupA**: everything else that trains (`lora_A`, full copies in `modules_to_save`) at `lr`.
+#
+# Every group but groupB_no_decay gets the same weight decay (peft calls it `loraplus_weight_decay`).
+
+# %%
+def loraplus_groups_by_hand(model, lr, loraplus_lr_ratio, loraplus_lr_embedding=1e-6, weight_decay=0.0):
+    """LoRA+'s four optimizer groups, as a list of dicts for torch.optim (groupA, embedding, groupB, no decay)."""
+    no_decay_norms = {f"{module_name}.{name}".lstrip(".") for module_name, module in model.named_modules()
+                      if isinstance(module, nn.LayerNorm) for name, _ in module.named_parameters(recurse=False)}
+    groups = {"groupA": [], "embedding": [], "groupB": [], "groupB_no_decay": []}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        # an adapter tensor sits two levels below its LoRA layer: <layer>.lora_B.<adapter>(.weight)
+        layer_name = ".".join(name.split(".")[:-2])
+        wrapped = getattr(model.get_submodule(layer_name), "base_layer", None) if layer_name else None
+        if isinstance(wrapped, nn.Embedding):
+            groups["embedding"].append(param)
+        elif "lora_B" in name or param.ndim == 1:
+            no_decay = name in no_decay_norms or "bias" in name
+            groups["groupB_no_decay" if no_decay else "groupB"].append(param)
+        else:
+            groups["groupA"].append(param)
+    return [{"params": groups["groupA"], "lr": lr, "weight_decay": weight_decay},
+            {"params": groups["embedding"], "lr": loraplus_lr_embedding, "weight_decay": weight_decay},
+            {"params": groups["groupB"], "lr": lr * loraplus_lr_ratio, "weight_decay": weight_decay},
+            {"params": groups["groupB_no_decay"], "lr": lr * loraplus_lr_ratio, "weight_decay": 0.0}]
+
+
+def describe_groups(param_groups, model):
+    """Each group as (lr, weight decay, sorted parameter names without the wrapper's prefix)."""
+    prefix = "base_model.model." if isinstance(model, peft.PeftModel) else "base_model."
+    names = {id(p): n.removeprefix(prefix) for n, p in model.named_parameters()}
+    return [(g["lr"], g["weight_decay"], sorted(names[id(p)] for p in g["params"])) for g in param_groups]
+
+
+by_hand = describe_groups(loraplus_groups_by_hand(peft_model, lr=1e-3, loraplus_lr_ratio=16), peft_model)
+print("on the model: groups by hand == peftedu.loraplus:", by_hand == describe_groups(optimizer.param_groups, peft_model))
+assert by_hand == describe_groups(optimizer.param_groups, peft_model)
+
+# %% [markdown]
+# The model above exercises only two of the groups (`lora_A`, `lora_B`). A toy model with an embedding, a LayerNorm
+# and biases exercises all four: LoRA on `proj`, full trainable copies of `norm` and `head` (`modules_to_save`), and
+# in peft also LoRA on the embedding (`peftedu` has no LoRA for embeddings, so its embedding group stays empty).
+# Same settings everywhere: lr 1e-3, ratio 16, weight decay 0.01.
+
+# %%
+class ToyModel(nn.Module):
+    def __init__(self, vocab=32, d=16):
+        super().__init__()
+        self.embed, self.norm = nn.Embedding(vocab, d), nn.LayerNorm(d)
+        self.proj, self.head = nn.Linear(d, d), nn.Linear(d, 4)
+
+    def forward(self, input_ids):
+        return self.head(self.proj(self.norm(self.embed(input_ids))))
+
+
+toy_kwargs = dict(r=4, lora_alpha=8, modules_to_save=["norm", "head"])
+settings = dict(lr=1e-3, loraplus_lr_ratio=16)
+with torch.random.fork_rng(devices=[]):                 # initialising draws random numbers: keep the notebook's stream
+    torch.manual_seed(0)
+    toy = ToyModel()
+    toy_ours = get_peft_model(copy.deepcopy(toy), LoraConfig(task_type=None, target_modules=["proj"], **toy_kwargs))
+    toy_peft = peft.get_peft_model(copy.deepcopy(toy), peft.LoraConfig(target_modules=["proj"], **toy_kwargs))
+    toy_peft_emb = peft.get_peft_model(copy.deepcopy(toy), peft.LoraConfig(target_modules=["proj", "embed"],
+                                                                           **toy_kwargs))
+hand_ours = describe_groups(loraplus_groups_by_hand(toy_ours, weight_decay=0.01, **settings), toy_ours)
+lib_ours = describe_groups(create_loraplus_optimizer(toy_ours, torch.optim.AdamW, weight_decay=0.01,
+                                                     **settings).param_groups, toy_ours)
+hand_peft, lib_peft = [], []
+for m in (toy_peft, toy_peft_emb):
+    hand_peft.append(describe_groups(loraplus_groups_by_hand(m, weight_decay=0.01, **settings), m))
+    lib_peft.append(describe_groups(peft_create_loraplus_optimizer(m, torch.optim.AdamW, loraplus_weight_decay=0.01,
+                                                                   **settings).param_groups, m))
+for group_name, (lr, weight_decay, names) in zip(["groupA", "embedding", "groupB", "groupB_no_decay"], hand_peft[1]):
+    print(f"{group_name:<16} lr {lr:.1e}  weight decay {weight_decay:<5} {names}")
+print("by hand == peftedu.loraplus:", hand_ours == lib_ours)
+print("by hand == peft create_loraplus_optimizer (without / with LoRA on the embedding):",
+      hand_peft[0] == lib_peft[0], hand_peft[1] == lib_peft[1])
+print("peftedu == peft (same config):", lib_ours == lib_peft[0])
+assert hand_ours == lib_ours and hand_peft == lib_peft and lib_ours == lib_peft[0]
+assert [len(names) for _, _, names in hand_peft[1]] == [2, 2, 1, 3]   # every group in use
 
 # %% [markdown]
 # A short run on `extract` — half the profile's optimizer steps, each with half its examples; the learning-rate
@@ -550,7 +643,7 @@ else:
     assert all(math.isfinite(v) for v in extract_history.loss)
 
 # %% [markdown]
-# ## 9. Several adapters on one model
+# ## 9. Several adapters on one model: switching (适配器切换) and mixed batches (混合批次)
 #
 # The model now holds two adapters on the same frozen base. `set_adapter` chooses the active one,
 # `disable_adapter()` runs the base model alone, and a **mixed batch** gives each row its own adapter
@@ -580,7 +673,7 @@ for name, text in zip(row_adapters, tokenizer.batch_decode(new, skip_special_tok
     print(f"{name:>8}: {measured(text)}")
 
 # %% [markdown]
-# ### Combining adapters: `add_weighted_adapter`
+# ### Combining adapters (合并适配器): `add_weighted_adapter`
 #
 # A new adapter can be built from existing ones, aiming at the weighted update Σᵢ wᵢ·sᵢ·Bᵢ Aᵢ on every layer.
 # `"cat"` stacks the factors (rank r₁ + r₂) and is exact; `"svd"` truncates the summed update to `svd_rank`
@@ -644,7 +737,7 @@ _ = cmp("reloaded (HF peft) == trained", logits_of(reloaded_by_peft), topic_logi
 del fresh, reloaded, reloaded_by_peft
 
 # %% [markdown]
-# ## 11. Merging: W ← W + (α/r)·B A
+# ## 11. Merging the weights (权重合并): W ← W + (α/r)·B A
 #
 # An unmerged LoRA costs two extra small matrix products per wrapped layer at every step. Merging folds the update
 # into W; the outputs stay the same up to floating-point rounding (W + ΔW is rounded once to the weights' dtype, and
@@ -697,7 +790,8 @@ print("topic answers of the merged model:", measured(merged_answers))
 # * The from-scratch code (three small classes/functions), `peftedu` and HF `peft` give the same logits from the same
 #   weights; LoRA works on any `nn.Linear` found by name, not only in transformers.
 # * α/r makes the first update shrink like 1/r (measured in section 3); rsLoRA's α/√r keeps it constant.
-# * LoRA+ only changes the optimizer: B gets `loraplus_lr_ratio` times A's learning rate.
+# * LoRA+ only changes the optimizer: B gets `loraplus_lr_ratio` times A's learning rate; the four groups built by
+#   hand equal `peftedu`'s and peft's.
 # * One base model can hold many adapters: switch (`set_adapter`), switch off (`disable_adapter`), serve a mixed batch
 #   (`adapter_names=`), combine (`add_weighted_adapter`: `cat` exact, `svd` truncated).
 # * Adapters are saved in peft's format (a few MB); merging folds them into W for zero-overhead inference, and

@@ -3,11 +3,12 @@
 #
 # **What you will learn in this notebook**
 #
-# * where the 16 levels of **NF4** (4 位正态浮点, NormalFloat-4) come from: quantiles of a normal
+# * where the 16 levels of **NF4** (4位正态浮点, NormalFloat-4) come from: quantiles of a normal
 #   distribution, derived step by step and checked against `peftedu.quant.nf4_code()` and bitsandbytes;
 # * **block-wise absmax quantization** (分块量化) of a real SmolLM2 weight matrix by hand: 64 weights per
 #   block, two 4-bit codes packed per byte, dequantization, and the error;
 # * **double quantization** (双重量化): the per-block constants quantized again, 4.5 → ≈4.127 bits per weight;
+# * a `Linear4bit` layer and its autograd function from scratch, equal to `peftedu`'s and to bitsandbytes';
 # * NF4 vs INT4 vs FP4 on real layers (computed here) and on the whole model (read from `results/quant.json`);
 # * QLoRA training on `topic` next to plain fp32 LoRA with the same settings, what **merging** into a 4-bit
 #   base does, what **paged optimizers** are for, and the memory arithmetic behind "65B on one 48 GB GPU".
@@ -26,11 +27,14 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+import torch.nn.functional as F
 import transformers
+from torch import nn
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU-kernel notice appears on some CPUs only: noise here
 import peftedu
 from peftedu import LoraConfig, cmp, get_peft_model, measured
+from peftedu.compare import rounding_tolerance
 from peftedu import quant as Q
 from peftedu.accounting import (LLAMA_SHAPES, activation_memory_gb, estimate_training_memory, method_memory,
                                 nf4_bits_per_param, print_trainable_parameters)
@@ -40,9 +44,10 @@ from peftedu.models import DEFAULT_MODEL, is_pretrained, load_base, model_name
 from peftedu.training import evaluate, get_profile, plot_history, train
 
 try:
+    import bitsandbytes as bnb
     import bitsandbytes.functional as bnb_functional
 except ImportError:  # the notebook runs without it; only the cross-checks are skipped
-    bnb_functional = None
+    bnb = bnb_functional = None
 
 transformers.utils.logging.disable_progress_bar()
 torch.manual_seed(0)
@@ -50,7 +55,7 @@ profile = get_profile()
 print("peftedu", peftedu.__version__, "| profile:", profile.name, "| bitsandbytes:", bnb_functional is not None)
 
 # %% [markdown]
-# ## 1. NF4 from normal quantiles
+# ## 1. NF4 (4位正态浮点) from normal quantiles
 #
 # Pretrained weights are roughly bell-shaped around 0. If a 4-bit code must describe such numbers, the
 # best 16 levels are not evenly spaced: put them where the data is dense, i.e. at **quantiles** of the
@@ -58,8 +63,10 @@ print("peftedu", peftedu.__version__, "| profile:", profile.name, "| bitsandbyte
 # first divided by their block's largest magnitude, so the code spans [-1, 1].
 #
 # Two details make it a little more than "16 quantiles":
-# * the quantiles of probabilities 0 and 1 are ±∞, so the outermost probability is `offset = 0.9677083`
-#   (half-way between the outermost quantiles of a 15-level and a 16-level grid);
+# * the quantiles of probabilities 0 and 1 are ±∞, so the grid stops short of them: the outermost probability
+#   is `offset = 1 − δ = 0.9677083` with **δ = ½(1/30 + 1/32)**, the paper's offset. δ averages two outermost
+#   *probabilities* — the tail mass 1/(2·15) left by a 15-level grid and 1/(2·16) by a 16-level grid — not
+#   two quantiles (a check below rebuilds the table from δ alone);
 # * **0 must be exact** (padding and exact zeros must stay zero), so the code is asymmetric:
 #   8 positive levels, 7 negative ones and one 0.
 #
@@ -93,6 +100,27 @@ else:
 
 # %% [markdown]
 # (bitsandbytes stores the table as rounded literals, hence `atol=1e-7` for that comparison.)
+#
+# **Check: the table from δ alone.** Start from δ = ½(1/30 + 1/32) exactly instead of the rounded constant, write
+# the normal quantile as √2·erfinv(2p − 1) (no scipy; bitsandbytes' `create_normal_map` uses `scipy.stats.norm.ppf`),
+# and rebuild the 16 levels in float64:
+
+# %%
+delta_nf4 = (1 / 30 + 1 / 32) / 2                          # the mean of the two outermost tail probabilities
+print(f"delta = {delta_nf4:.7f} -> outermost probability 1 - delta = {1 - delta_nf4:.7f} (the constant used: {offset})")
+assert abs((1 - delta_nf4) - offset) < 5e-8              # the constant is 1 - delta, rounded to 7 decimals
+quantile = lambda p: math.sqrt(2) * torch.special.erfinv(2 * p - 1)   # inverse CDF of N(0, 1)
+probs_pos = torch.linspace(1 - delta_nf4, 0.5, 9, dtype=torch.float64)[:-1]   # 8 positive levels
+probs_neg = torch.linspace(1 - delta_nf4, 0.5, 8, dtype=torch.float64)[:-1]   # 7 negative levels
+from_delta = torch.cat([quantile(probs_pos), torch.zeros(1, dtype=torch.float64), -quantile(probs_neg)]).sort().values
+nf4_from_delta = (from_delta / from_delta.max()).float()
+cmp("NF4 rebuilt from delta vs peftedu nf4_code()", nf4_from_delta, Q.nf4_code(), atol=1e-6)
+if bnb_functional is not None:
+    cmp("NF4 rebuilt from delta vs bitsandbytes table", nf4_from_delta,
+        bnb_functional.get_4bit_type("nf4", device="cpu"), atol=1e-6)
+
+# %% [markdown]
+# (`atol=1e-6`: the stored constant differs from 1 − δ by 3·10⁻⁸, and the tables were built in float32.)
 # The picture: the levels sit where the normal density is high, densest near 0. INT4 would space them evenly.
 
 # %%
@@ -111,7 +139,7 @@ ax.legend(fontsize=8, loc="upper left")
 plt.show()
 
 # %% [markdown]
-# ## 2. Block-wise absmax quantization of a real weight, by hand
+# ## 2. Block-wise absmax quantization (分块量化) of a real weight, by hand
 #
 # We take the first linear layer of layer 0 of the model in use (on SmolLM2-135M-Instruct, the default:
 # `q_proj`, 576 × 576), in fp32 (a bf16 weight converts exactly). For every block `b` of B = 64
@@ -166,12 +194,17 @@ print(f"mean |error| {measured(error.abs().mean(), '.2e')} | max |error| {error.
 assert error.abs().max() <= absmax.max() / 2           # never worse than half the widest gap times absmax
 
 # %% [markdown]
-# ## 3. Double quantization of the constants, by hand
+# ## 3. Double quantization (双重量化) of the constants, by hand
 #
 # Each block of 64 weights carries one fp32 absmax: 32/64 = 0.5 extra bits per weight. QLoRA quantizes
-# these constants too: subtract their mean, cut them into blocks of 256, and store each with an 8-bit code
-# (bitsandbytes' signed "dynamic" 8-bit map, `Q.dynamic_map_8bit()`) plus one fp32 scale per 256 constants.
-# Source 003 calls that second format "FP8"; the bitsandbytes code is this dynamic map, not an IEEE-style FP8.
+# these constants too. **What the paper says** (§3, "Double Quantization"): "we use 8-bit Floats with a
+# blocksize of 256" for this second quantization, after subtracting the constants' mean (they are all positive;
+# centred, they use the signed code symmetrically). Source 003 writes "再用 FP8 量化": it follows the paper, and
+# is right to. **What bitsandbytes does** (and `peftedu.quant`, and the cell below, which reproduces its codes):
+# subtract the mean, cut the constants into blocks of 256, and store each with bitsandbytes' signed **dynamic
+# 8-bit** code (`Q.dynamic_map_8bit()`, Dettmers 2016: a sign bit, a decimal exponent written as a run of zero
+# bits, then a linear fraction) plus one fp32 absmax per 256 constants. That code is a float in the paper's sense
+# (an exponent and a fraction), not one of the IEEE-style FP8 formats (E4M3, E5M2) of recent GPUs.
 
 # %%
 mean = absmax.mean()
@@ -186,6 +219,13 @@ codes8 = (normalized_c.reshape(-1, 1) - dyn8).abs().argmin(dim=1).to(torch.uint8
 state_dq = Q.quantize_nf4(W, blocksize=B, double_quant=True)
 print(f"{n_blocks} block constants -> {n_blocks} uint8 codes + {n_nested} fp32 scales + 1 fp32 mean")
 assert torch.equal(codes8, state_dq.absmax) and torch.equal(nested_absmax, state_dq.nested_absmax)
+if bnb_functional is not None:   # bitsandbytes' second level: the same map, blocks of 256, the same mean subtracted
+    _, bnb_state_dq = bnb_functional.quantize_4bit(W, blocksize=B, quant_type="nf4", compress_statistics=True)
+    bnb_second = bnb_state_dq.state2
+    assert torch.equal(bnb_second.code.to(dyn8.device), dyn8) and bnb_second.blocksize == 256
+    assert torch.equal(bnb_state_dq.offset, mean) and torch.equal(bnb_second.absmax, nested_absmax)
+    print(f"bitsandbytes: second-level code = dynamic 8-bit map ({bnb_second.code.numel()} levels), "
+          f"blocks of {bnb_second.blocksize}, mean subtracted: {torch.equal(bnb_state_dq.offset, mean)}")
 absmax_back = (dyn8[codes8.long()].reshape(-1) * nested_absmax.repeat_interleave(256)[:n_blocks]) + mean
 print(f"largest error on a block constant: {measured(((absmax_back - absmax).abs() / absmax).max(), '.2%')} of it")
 _ = cmp("weights: NF4+DQ vs NF4 (effect of DQ)", Q.dequantize_nf4(state_dq), W_deq, atol=absmax.max().item() * 0.05)
@@ -208,6 +248,104 @@ assert bits_plain == 4.5 and abs(bits_dq - counted) < 1e-9 and bits_dq >= nf4_bi
 # constants is padded and the measurement sits a hair above the formula (the smaller the matrix, the more).
 # Source 003's "about 0.37 bits saved per parameter" matches.
 #
+# ### A 4-bit linear layer from scratch: `Linear4bit`
+#
+# QLoRA never multiplies in 4 bits. The layer keeps the packed nibbles and the double-quantized constants;
+# its forward pass rebuilds the weight in the compute dtype (bf16 in the paper, fp32 on our CPU) and does an
+# ordinary matmul — paper eq. 5, `Y = X · doubleDequant(c1, c2, W_nf4)`. The weight is frozen, so the backward
+# pass returns only the input's gradient, `grad_X = grad_Y · W`; it dequantizes again rather than keeping the
+# full-precision W from the forward pass alive (that copy is what 4-bit storage saves). An autograd function says
+# exactly that:
+
+# %%
+def double_dequantize(packed, absmax_codes, nested_absmax, nested_offset, shape, blocksize=64):
+    """NF4 nibbles + 8-bit block constants -> the weight in fp32: first the constants, then the weights."""
+    n_blocks = absmax_codes.numel()
+    constants = F.pad(dyn8[absmax_codes.long()], (0, nested_absmax.numel() * 256 - n_blocks)).view(-1, 256)
+    block_absmax = (constants * nested_absmax[:, None]).reshape(-1)[:n_blocks] + nested_offset    # (n_blocks,)
+    nibbles = torch.stack([packed >> 4, packed & 0xF], dim=1).reshape(-1).long()                # high nibble first
+    return (code[nibbles].view(-1, blocksize) * block_absmax[:, None]).view(shape)
+
+
+class DequantMatmul(torch.autograd.Function):
+    """y = x Wᵀ with W dequantized on the fly. Backward: grad_x = grad_y W; no gradient for the 4-bit W."""
+
+    @staticmethod
+    def forward(ctx, x, layer):
+        ctx.layer = layer                                # keep the 4-bit layer, not the dequantized W
+        return F.linear(x, layer.dequantize().to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        return grad_y @ ctx.layer.dequantize().to(grad_y.dtype), None    # (grad for x, grad for layer: none)
+
+
+class Linear4bit(nn.Module):
+    """A frozen linear layer stored as NF4 + double-quantized constants (buffers, not parameters)."""
+
+    def __init__(self, state):
+        super().__init__()
+        self.shape = state.shape                         # (out_features, in_features)
+        for name in ("packed", "absmax", "nested_absmax", "nested_offset"):
+            self.register_buffer(name, getattr(state, name))
+
+    def dequantize(self):
+        return double_dequantize(self.packed, self.absmax, self.nested_absmax, self.nested_offset, self.shape)
+
+    def forward(self, x):                                # (..., in_features) -> (..., out_features)
+        return DequantMatmul.apply(x, self)
+
+
+scratch_4bit = Linear4bit(state_dq)                      # the packed weight of section 3
+generator = torch.Generator().manual_seed(0)            # its own stream: later cells' random numbers stay the same
+x = torch.randn(2, 5, W.shape[1], generator=generator).to(W.device)       # (batch, tokens, in_features)
+grad_y = torch.randn(2, 5, W.shape[0], generator=generator).to(W.device)  # upstream gradient, (batch, tokens, out)
+
+
+def forward_backward(layer):
+    """Output and input gradient of `layer` for the same x and the same upstream gradient."""
+    x_in = x.clone().requires_grad_(True)
+    y = layer(x_in)
+    y.backward(grad_y)
+    return y.detach(), x_in.grad
+
+
+y_scratch, grad_x_scratch = forward_backward(scratch_4bit)
+print("x", tuple(x.shape), "-> y", tuple(y_scratch.shape), "| trainable parameters:", len(list(scratch_4bit.parameters())))
+assert y_scratch.shape == (2, 5, W.shape[0]) and not list(scratch_4bit.parameters())
+cmp("scratch double dequant vs peftedu dequantize_nf4", scratch_4bit.dequantize(), Q.dequantize_nf4(state_dq), atol=0)
+_ = cmp("grad_x vs grad_y @ dequant(W), by hand", grad_x_scratch, grad_y @ scratch_4bit.dequantize(), atol=0)
+
+# %% [markdown]
+# **Proof against `peftedu.quant.Linear4bit` and bitsandbytes' `Linear4bit`**, on the same packed weight.
+# `peftedu`'s layer runs the very same operations (dequantize, `F.linear`; backward `grad_y @ W`), hence `atol=0`.
+# For bitsandbytes we hand its `Params4bit` our bytes and constants (its `QuantState`, with the 8-bit level as
+# `state2`); its own kernels dequantize and multiply, so it agrees within rounding.
+
+# %%
+y_ours, grad_x_ours = forward_backward(Q.Linear4bit(state_dq))
+cmp("forward: scratch vs peftedu Linear4bit", y_scratch, y_ours, atol=0)
+cmp("grad_x: scratch vs peftedu Linear4bit", grad_x_scratch, grad_x_ours, atol=0)
+if bnb is not None:
+    bnb_quant_state = bnb_functional.QuantState(
+        absmax=state_dq.absmax, shape=state_dq.shape, code=state_dq.code, blocksize=B, quant_type="nf4",
+        dtype=state_dq.dtype, offset=state_dq.nested_offset,
+        state2=bnb_functional.QuantState(absmax=state_dq.nested_absmax, code=state_dq.nested_code, blocksize=256,
+                                         dtype=torch.float32))
+    with torch.random.fork_rng(devices=[]):          # its nn.Linear init draws random numbers: keep our stream
+        bnb_4bit = bnb.nn.Linear4bit(W.shape[1], W.shape[0], bias=False, compute_dtype=W.dtype, quant_type="nf4")
+    bnb_4bit.weight = bnb.nn.Params4bit(state_dq.packed.reshape(-1, 1), requires_grad=False, quant_state=bnb_quant_state,
+                                        blocksize=B, compress_statistics=True, quant_type="nf4", bnb_quantized=True,
+                                        module=bnb_4bit)
+    y_bnb, grad_x_bnb = forward_backward(bnb_4bit)      # x requires grad: bitsandbytes' autograd path (MatMul4Bit)
+    cmp("forward: scratch vs bitsandbytes Linear4bit", y_scratch, y_bnb,
+        atol=rounding_tolerance(W.dtype, magnitude=y_scratch.abs().max().item(), terms=W.shape[1]))
+    cmp("grad_x: scratch vs bitsandbytes Linear4bit", grad_x_scratch, grad_x_bnb,
+        atol=rounding_tolerance(W.dtype, magnitude=grad_x_scratch.abs().max().item(), terms=W.shape[0]))
+else:
+    print("bitsandbytes not installed: skipping the comparison with its Linear4bit")
+
+# %% [markdown]
 # ## 4. NF4 vs INT4 vs FP4 on real layers
 #
 # Same blocks, same absmax, only the 16 levels differ. Relative Frobenius error ‖W' − W‖/‖W‖ on four
@@ -244,13 +382,15 @@ print("MSE:", ", ".join(f"{k} {measured(v, '.2e')}" for k, v in data["mse"].item
 assert data["mse"]["nf4"] == min(data["mse"].values())
 
 # %% [markdown]
-# An explorer over the four layers (a slider picks the layer; in a live notebook the plot redraws):
+# An explorer over the four layers (a slider picks the layer; in a live notebook the plot redraws). A static
+# view of this notebook cannot run the controls: it shows the first layer's histograms and a note instead.
 
 # %% tags=["nbval-ignore-output"]
 widget = Q.nf4_histogram_widget({name.removeprefix("model."): w for name, w in weights.items()})
 display(widget)
 plt.close("all")
-print(type(widget).__name__, "with", len(widget.children), "children")
+static_view = widget._repr_mimebundle_()
+assert static_view["text/plain"] == Q.EXPLORER_STATIC_NOTE and "image/png" in static_view
 
 # %% [markdown]
 # **The whole model**, too slow to recompute here, was measured by `python scripts/measure_quant.py`,
@@ -428,7 +568,7 @@ for size, row in results["merge"].items():
 #
 # The problem: memory **spikes**. With gradient checkpointing a long batch can briefly need more GPU memory
 # than the steady state, and one spike is enough for an out-of-memory crash. QLoRA's paged optimizers put
-# the AdamW states in NVIDIA **unified memory**: when the GPU runs out, the driver evicts pages to CPU RAM
+# the AdamW states in NVIDIA **unified memory** (统一内存): when the GPU runs out, the driver evicts pages to CPU RAM
 # and brings them back when the optimizer step touches them — slower for that step, but no crash.
 # On a CPU there is no GPU memory to overflow, so `paged_adamw_or_none` returns `None` (nothing is faked);
 # training then uses `torch.optim.AdamW`.
@@ -485,6 +625,9 @@ assert qlora_7b.fits_in(24) and not full_7b.fits_in(24)
 # * Block-wise absmax: one fp32 constant per 64 weights, the nearest level per weight, two 4-bit codes per
 #   byte — our hand-made bytes equal `quantize_nf4`'s (and bitsandbytes').
 # * Double quantization stores the constants in 8 bits (blocks of 256): 4.5 → ≈4.127 bits per weight, measured.
+#   The paper calls that 8-bit format a float; bitsandbytes' is its dynamic 8-bit map, applied after subtracting the mean.
+# * `Linear4bit` dequantizes for every matmul and gives only the input a gradient: our short version equals
+#   `peftedu`'s and bitsandbytes' (outputs and input gradients).
 # * On real SmolLM2 layers NF4 has a lower error than INT4 and FP4 (cells above, and the whole-model JSON).
 # * QLoRA is LoRA on `Linear4bit`: only the adapters train; the cells above compare its score with fp32 LoRA.
 # * Merging into a 4-bit base re-quantizes and can erase a small update: keep adapters unmerged or merge into
