@@ -59,7 +59,7 @@ from torch import nn
 NF4_OFFSET = 0.9677083
 """bitsandbytes' rounding of 1 - δ with δ = (1/30 + 1/32) / 2 = 0.03229166...: the largest probability
 whose N(0, 1) quantile is used. δ averages two tail *probabilities*, 1/(2·15) and 1/(2·16) (half a step of a
-15- and of a 16-level grid), not two quantiles (QLoRA, Dettmers et al. 2023, Appendix)."""
+15- and of a 16-level grid), not two quantiles; bitsandbytes' create_normal_map uses this offset."""
 
 NESTED_BLOCKSIZE = 256
 QUANT_TYPES = ("nf4", "fp4", "int4")
