@@ -20,8 +20,13 @@
 # your torch), checks that torch is unchanged and registers the `peftedu` kernel. Fetch a 1B-class model once
 # (`hf download Qwen/Qwen2.5-1.5B-Instruct --local-dir ~/models/qwen2.5-1.5b`), then start JupyterLab with
 # `PEFTEDU_MODEL=~/models/qwen2.5-1.5b PEFTEDU_PROFILE=full`. Every notebook reads the model's shapes from its
-# config; precision follows the GPU (bf16 where it has it, fp16 with loss scaling on a T4). The README's GPU
-# section has the details and the measured throughput.
+# config; precision follows the GPU (bf16 where it has it, fp16 with loss scaling on a T4). What to expect on a
+# 16 GB or a 24 GB card: by the estimate of notebook 12 (section 7.1), every method of the series trains
+# TinyLlama-1.1B or Qwen2.5-1.5B on the course's tasks in the `full` profile within 16 GB (about 5–7 GB for
+# TinyLlama, 7–9 GB for Qwen2.5-1.5B, plus the weights once more in cells that hold HF peft's copy beside ours);
+# full fine-tuning of Qwen2.5-1.5B needs the 24 GB card. These are estimates, not yet measured on a GPU, and the
+# time per notebook on a GPU is not measured yet either: `scripts/run_series.py --log` records both on yours. The
+# README's GPU section has the per-notebook figures, the details and the measured throughput.
 
 # %%
 %matplotlib inline
