@@ -21,6 +21,7 @@
 
 # %%
 %matplotlib inline
+import json
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -37,7 +38,8 @@ from peftedu.accounting import (LLAMA_SHAPES, activation_memory_gb, count_parame
 from peftedu.explorers import lora_parameter_count
 from peftedu.interview import (GLOSSARY, LEVELS, QUESTIONS, TOPICS, SelfCheck, check_answer, get_question,
                                pick_questions, select_questions, self_check_widget, to_markdown, validate_bank)
-from peftedu.models import build_from_config
+from peftedu.ledger import SOURCES, check_references, ledger_counts, ledger_markdown, load_ledger
+from peftedu.models import REPO_ROOT, build_from_config
 
 transformers.utils.logging.disable_progress_bar()
 # transformers' deprecation notice about `is_gradient_checkpointing` would print the path of transformers here
@@ -65,8 +67,11 @@ def fact(question_id, name):
 # names the notebook and section where the claim is built and checked — if your answer was vague, that is where to
 # go. The levels are cumulative: a deep question assumes the basic ones.
 #
-# The glossary lists the Chinese terms used in the bank, with their English equivalents (interviewers in China
-# often mix both: "LoRA 的秩怎么选?", "QLoRA 的双重量化省了多少显存?").
+# ### 1.1 Glossary (术语表)
+#
+# The glossary opens the series in notebook 00 (section "Glossary: one Chinese term per concept"); it is repeated
+# here, next to the questions that use it. It lists the Chinese terms of the bank with their English equivalents
+# (interviewers in China often mix both: "LoRA 的秩怎么选?", "QLoRA 的双重量化省了多少显存?").
 
 # %%
 glossary_rows = ["| 中文 | English |", "| --- | --- |"] + [f"| {zh} | {en} |" for zh, en in GLOSSARY.items()]
@@ -74,6 +79,72 @@ display(Markdown("\n".join(glossary_rows)))
 used_terms = {term for q in QUESTIONS for term in q.terms}
 print(f"{len(GLOSSARY)} terms, {len(used_terms)} of them used by the questions")
 assert used_terms <= set(GLOSSARY)
+
+# %% [markdown]
+# ### 1.2 The source ledger (勘误表)
+#
+# The five source tutorials (000–004, in Chinese) are what many learners read before this course. The ledger takes
+# every numeric claim and every method claim in them, quotes it (a short verbatim excerpt), and gives a verdict:
+#
+# * **confirmed**: the series computes or measures it, or the cited paper says so;
+# * **corrected**: it is wrong; the finding says what is right, with the measurement or the paper behind it;
+# * **untested**: no measurement in the series settles it (the finding says what the literature reports).
+#
+# "where" names the notebook and section that address the claim. The rows live in `data/source_ledger.json` and are
+# loaded by `peftedu.ledger`, which refuses an unknown verdict or source; the cell checks that every cited section
+# exists in its notebook and, where the source texts are present beside the repository, that every quote occurs in
+# its source word for word. Use it in an interview when a "fact" you read sounds off: most corrections are a
+# parameter count or a share that someone copied without recomputing.
+
+# %%
+ledger = load_ledger()
+for source, title in SOURCES.items():
+    display(Markdown(f"**Source {source}: {title}**\n\n" + ledger_markdown([r for r in ledger if r.source == source])))
+counts = ledger_counts(ledger)
+print(f"{len(ledger)} claims from {len(SOURCES)} source tutorials; per verdict:", counts)
+print("per source:", dict(sorted(Counter(r.source for r in ledger).items())))
+assert list(counts) == ["confirmed", "corrected", "untested"] and sum(counts.values()) == len(ledger)
+assert all(count > 0 for count in counts.values())
+source_texts = REPO_ROOT.parent / "shared" / "sources"  # beside the repository where the course was written
+assert check_references(ledger, notebooks_src=sources,
+                        sources_dir=source_texts if source_texts.is_dir() else None) == []
+
+# %% [markdown]
+# Several findings quote measurements from the committed result files rather than from a notebook's own cells.
+# Recomputed here from those files, each must appear in its finding as written:
+
+# %%
+def finding(source, fragment):
+    """The finding of the ledger row of `source` whose quote contains `fragment`."""
+    return next(r.finding for r in ledger if r.source == source and fragment in r.quote_zh)
+
+
+showdown_rows = json.loads((REPO_ROOT / "results" / "showdown_cpu.json").read_text())["rows"]
+cpu = {r["method"]: r for r in showdown_rows if r["impl"] == "peftedu"}
+gpu = {r["method"]: r for r in json.loads((REPO_ROOT / "results" / "showdown_gpu_nvidia_h100_80gb_hbm3.json")
+                                          .read_text())["rows"] if r["impl"] == "peftedu"}
+lora_saved = 1 - cpu["lora"]["peak_memory_mb"] / cpu["full"]["peak_memory_mb"]
+rate = lambda lr: f"{lr:.0e}".replace("e-0", "e-")  # 0.002 -> "2e-3", as the finding writes it
+quoted = {
+    ("002", "不会像全参数微调那样"): [f"lost {cpu['lora']['forgetting']:.2f}",
+                                f"full fine-tuning {cpu['full']['forgetting']:.2f}"],
+    ("001", "能更好地保留通用能力"): [f"{cpu['ia3']['forgetting']:.2f} (IA3)", f"{cpu['houlsby']['forgetting']:.2f} (Houlsby"],
+    ("003", "显存降低 60%+"): [f"{lora_saved:.0%} below full"],
+    ("003", "训练显存节省"): [f"LoRA {lora_saved:.0%}"],
+    ("003", "学习率"): [f"{rate(cpu['lora']['lr'])} for LoRA", f"{rate(cpu['full']['lr'])} for full",
+                      f"{cpu['lora']['lr'] / cpu['full']['lr']:.0f}×"],
+    ("000", "表达能力强于 LoRA"): [f"scores {cpu['houlsby']['score']:.2f} and {cpu['lora']['score']:.2f}"],
+    ("003", "在相同参数预算下"): [f"AdaLoRA scored {cpu['adalora']['score']:.2f} against LoRA's {cpu['lora']['score']:.2f}"],
+    ("002", "在低数据任务上可能不稳定"): [f"score {cpu['ia3']['score']:.2f}"],
+    ("002", "在少量数据上"): [f"P-tuning scored {cpu['p_tuning']['score']:.2f}", f"{cpu['full']['score']:.2f}"],
+    ("003", "多一个幅度向量"): [f"{gpu['dora']['time_per_step_s']:.3f} s", f"{gpu['lora']['time_per_step_s']:.3f} s",
+                          f"{gpu['dora']['peak_memory_mb']:,.0f} MB", f"{gpu['lora']['peak_memory_mb']:,.0f} MB"],
+}
+for (source, fragment), texts in quoted.items():
+    missing = [text for text in texts if text not in finding(source, fragment)]
+    assert not missing, (source, fragment, missing)
+print(f"{sum(len(t) for t in quoted.values())} numbers in {len(quoted)} findings recomputed from results/: "
+      "all as written")
 
 # %% [markdown]
 # ## 2. Basic questions (基础)
@@ -220,11 +291,12 @@ assert round(nominal["full-16bit"]["total_gb"]) == 56 and nominal["full-mixed"][
 # %%
 llama7 = LLAMA_SHAPES["7B"]
 lora7 = llama7.lora_params(64)  # r = 64 on every linear layer of the blocks
+lora7_share = 100 * lora7 / (llama7.n_params() + lora7)  # of the adapted model, as peft's print_trainable_parameters
 print(f"LLaMA-7B: {llama7.n_params():,} parameters, {llama7.n_layers} layers; LoRA r=64 all-linear: {lora7:,} "
-      f"({100 * lora7 / llama7.n_params():.2f}%)")
+      f"({lora7_share:.2f}% of the adapted model)")
 assert llama7.n_layers == 32
 assert f"{lora7:,}" == fact("lora-7b", "lora") and f"{llama7.n_params():,}" == fact("lora-7b", "n")
-assert f"{100 * lora7 / llama7.n_params():.2f}%" == fact("lora-7b", "share")
+assert f"{lora7_share:.2f}%" == fact("lora-7b", "share")
 
 llama65 = LLAMA_SHAPES["65B"]
 full16_65b = estimate_training_memory(65e9, weight_bits=16)  # 16-bit weights and gradients, fp32 AdamW, no master copy
@@ -293,6 +365,10 @@ assert [q.level for q in mock] == sorted(q.level for q in mock) and len({q.id fo
 #   983,040 and 205,641,728 prefix parameters, 5,267,456 for P-tuning, 344,064 for IA3, 4.5 and 4.127 bits per
 #   NF4 weight, 159,907,840 LoRA parameters on LLaMA-7B, 780 GB and 45 GB for 65B — was computed above from the
 #   architectures and the stated assumptions, and asserted.
+# * The source ledger (勘误表) checks every claim of the five source tutorials against the series: each row quotes the
+#   claim, gives a verdict (confirmed, corrected or untested) and the notebook section that settles it; the cell in
+#   section 1.2 prints how many claims have each verdict, and the numbers its findings take from `results/` are
+#   recomputed there.
 # * The self-check and the mock interview are built from the same data; the widget is a thin layer over
 #   `SelfCheck`, `check_answer` and `pick_questions`.
 #
