@@ -59,6 +59,14 @@ def estimate(row: dict, shape: DecoderShape, *, batch_size: int, seq_len: int, f
     return estimate_training_memory(total, activations_gb=activations + logits, label=method, **kwargs).total_gb
 
 
+def measured_gb(row: dict) -> float | None:
+    """A GPU showdown row's peak in GB: the showdown measures the peak above what was resident before training
+    (weights, adapters), so both are added; ``None`` when the row has no GPU measurement."""
+    if row.get("peak_memory_mb") is None or row.get("resident_mb") is None:
+        return None
+    return (row["peak_memory_mb"] + row["resident_mb"]) * 1e6 / GB
+
+
 def table(results: dict[str, Path | str], configs: dict, *, batch_size: int, seq_len: int) -> str:
     """Markdown: one row per method, for each model the estimate, the measured peak and whether each card fits.
 
@@ -75,9 +83,7 @@ def table(results: dict[str, Path | str], configs: dict, *, batch_size: int, seq
         for label in labels:
             row = next(r for r in data[label]["rows"] if r["method"] == method and r["impl"] == "peftedu")
             est = estimate(row, shape_of(configs[label], label), batch_size=batch_size, seq_len=seq_len)
-            # the showdown measures the peak above what was resident before training (weights, adapters)
-            measured = ((row["peak_memory_mb"] + row["resident_mb"]) * 1e6 / GB
-                        if row.get("peak_memory_mb") is not None and row.get("resident_mb") is not None else None)
+            measured = measured_gb(row)
             worst = max(est, measured or 0)
             fits = " / ".join("yes" if worst < card * 0.95 else "no" for card in CARDS_GB)  # 5% for the CUDA context
             cells += [f"{est:.1f}", "–" if measured is None else f"{measured:.1f}", fits]
@@ -164,8 +170,8 @@ def fit_table(configs: dict, *, batch_size: int, seq_len: int, measured: dict[st
         runs = {}
         if measured and label in measured:
             for r in json.loads(Path(measured[label]).read_text())["rows"]:
-                if r.get("impl") == "peftedu" and r.get("peak_memory_mb") is not None and r.get("resident_mb") is not None:
-                    runs[r["method"]] = (r["peak_memory_mb"] + r["resident_mb"]) * 1e6 / GB
+                if r.get("impl") == "peftedu" and measured_gb(r) is not None:
+                    runs[r["method"]] = measured_gb(r)
         columns[label] = {}
         for row in fit_rows(configs[label], methods):
             est = estimate(row, shape, batch_size=batch_size, seq_len=seq_len + row["extra_tokens"],
@@ -193,5 +199,5 @@ def padded_length(tokenizer, rows, batch_size: int, max_length: int) -> int:
     return min(max_length, max(len(tokenize_example(tokenizer, r, max_length)["input_ids"]) for r in rows))
 
 
-__all__ = ["CARDS_GB", "HEADROOM", "estimate", "fit_rows", "fit_table", "fp32_input_features", "padded_length", "shape_of",
+__all__ = ["CARDS_GB", "HEADROOM", "estimate", "fit_rows", "fit_table", "fp32_input_features", "measured_gb", "padded_length", "shape_of",
            "table", "verdict"]

@@ -36,7 +36,7 @@ import transformers
 from IPython.display import Markdown, display
 
 import peftedu
-from peftedu import showdown
+from peftedu import gpu_memory, showdown
 from peftedu.accounting import DecoderShape, count_parameters, memory_table, nf4_bits_per_param
 from peftedu.models import DEFAULT_MODEL, REPO_ROOT, build_from_config, load_base, load_model_config, model_name
 
@@ -165,18 +165,11 @@ assert len({(r["steps"], r["tokens"]) for r in result["rows"]}) == 1  # one toke
 # each method's config gives today (built on the meta device, so no training is repeated).
 
 # %%
-_, tokenizer = load_base()  # the prompt-tuning config reads the tokenizer's name
-smol_total = count_parameters(build_from_config("smollm2-135m"))[1]
-for name, method in showdown.METHODS.items():
-    meta = build_from_config("smollm2-135m")
-    if method.kind == "full":
-        expected = smol_total
-    else:
-        class_name, kwargs = method.config(meta, tokenizer, peftedu.get_profile("quick"))
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("tokenizer_name_or_path", "prompt_tuning_init",
-                                                               "prompt_tuning_init_text")}
-        expected = peftedu.get_peft_model(meta, getattr(peftedu, class_name)(**kwargs)).get_nb_trainable_parameters()[0]
-    assert rows[name]["trainable"] == expected, (name, rows[name]["trainable"], expected)
+_, tokenizer = load_base()  # section 7.1 reads the tokenizer
+# every method applied with the showdown's settings to a meta-device copy (peftedu.gpu_memory.fit_rows, section 7.1)
+today = {r["method"]: r["trainable"] for r in gpu_memory.fit_rows(load_model_config("smollm2-135m"), profile="quick")}
+for name in showdown.METHODS:
+    assert rows[name]["trainable"] == today[name], (name, rows[name]["trainable"], today[name])
 print(f"all {len(rows)} recorded trainable counts equal today's configs")
 
 # %% [markdown]
@@ -426,7 +419,6 @@ assert all(r["memory_ratio_vs_peft"] <= 1.05 for r in logged if "memory_ratio_vs
 # in when a GPU run of `scripts/gpu_check.sh` has committed its per-method peaks; no such run exists yet.
 
 # %%
-from peftedu import gpu_memory
 from peftedu.data import generate_task
 from peftedu.training import get_profile
 
