@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .config import check_positive
+from .explorers import LIVE_NOTE
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig, prefix_geometry, prefix_key_values
 from .tuners import module_device, module_dtype
 
@@ -163,7 +164,7 @@ def format_walkthrough(steps: list[Step]) -> str:
     return "\n".join(f"{s.name:<{width}}  {str(s.shape):<24}  {s.explanation}" for s in steps)
 
 
-STATIC_NOTE = "Run this cell in a live notebook to explore: the controls need a running kernel."
+STATIC_NOTE = LIVE_NOTE  # the course's one wording for every explorer's static view
 
 
 def _explorer_text(name: str, batch: int, seq_len: int, num_virtual_tokens: int) -> str:
