@@ -10,7 +10,7 @@ The API follows HF peft so what you learn here transfers as it is::
 Importing the package registers every method (one module each).
 """
 
-from .models import (
+from .course.models import (
     DEFAULT_MODEL,
     MODEL_ALIASES,
     build_from_config,
@@ -21,7 +21,7 @@ from .models import (
 )
 from .config import PeftConfig
 from .peft_model import PeftModel, get_peft_model
-from .compare import cmp, measured, rounding_tolerance
+from .course.compare import cmp, measured, rounding_tolerance
 
 # one module per method; importing registers its config and tuner
 from .bitfit import BitFitConfig
@@ -36,15 +36,11 @@ from .ia3 import IA3Config
 from .loraplus import create_loraplus_optimizer
 from .merging import add_weighted_adapter
 
-from .accounting import (
-    count_parameters,
-    estimate_training_memory,
-    measure_peak_memory,
-    memory_table,
-    print_trainable_parameters,
-)
-from .data import build_prompt, load_task, write_tasks
-from .training import evaluate, get_profile, plot_history, set_seed, train
+from .counting import count_parameters, print_trainable_parameters
+from .course.memory import estimate_training_memory, memory_table
+from .course.peak_memory import measure_peak_memory
+from .course.data import build_prompt, load_task, write_tasks
+from .course.training import evaluate, get_profile, plot_history, set_seed, train
 
 __version__ = "0.1.0"
 

@@ -22,8 +22,8 @@ import json
 import sys
 import time
 
-from .models import DEFAULT_MODEL, MODEL_ALIASES
-from .training import PROFILES
+from .course.models import DEFAULT_MODEL, MODEL_ALIASES
+from .course.training import PROFILES
 
 TASKS = ("topic", "extract")  # the tasks a LoRA is trained on (retention is a probe, never trained)
 MODEL_HELP = (f"an alias ({', '.join(MODEL_ALIASES)}), a local model folder or an org/name hub id "
@@ -45,7 +45,7 @@ def add_model_and_profile(parser, profile: bool = True) -> None:
 
 
 def cmd_prepare(args) -> None:
-    from .models import load_base, resolve_source
+    from .course.models import load_base, resolve_source
 
     start = time.perf_counter()
     source = resolve_source(args.model)
@@ -55,7 +55,7 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_data(args) -> None:
-    from .data import write_tasks
+    from .course.data import write_tasks
 
     for task, files in write_tasks(args.root).items():
         print(task, {split: str(path) for split, path in files.items()})
@@ -67,9 +67,9 @@ def tour_results(model_name=None, profile=None, tasks=TASKS, lora_r=8, progress=
     ``report(task, numbers)`` is called as soon as a task is done (the tour prints each task then).
     """
     from . import LoraConfig, get_peft_model
-    from .data import load_task
-    from .models import load_base
-    from .training import evaluate, get_profile, train
+    from .course.data import load_task
+    from .course.models import load_base
+    from .course.training import evaluate, get_profile, train
 
     profile = get_profile(profile)
     results = {"profile": profile.name, "tasks": {}}
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"tasks to train and score, from {', '.join(TASKS)} (default: both)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the measured numbers to this JSON file")
     p.set_defaults(func=cmd_tour, parser=p)
-    from . import showdown
+    from .course import showdown
 
     p = sub.add_parser("showdown", help="every method side by side, measured (results/)",
                        description="Train every method on the same task, model, token budget and seed, each in "
@@ -162,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    from .models import check_model_name
-    from .training import get_profile
+    from .course.models import check_model_name
+    from .course.training import get_profile
 
     args = build_parser().parse_args(argv)
     try:  # settings that come from the environment are checked here too: a usage error, not a traceback

@@ -165,12 +165,12 @@ class PeftModel(nn.Module):
 
     # ------------------------------------------------------------------ counting
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        from .accounting import count_parameters
+        from .counting import count_parameters
 
         return count_parameters(self)
 
     def print_trainable_parameters(self) -> None:
-        from .accounting import print_trainable_parameters
+        from .counting import print_trainable_parameters
 
         print_trainable_parameters(self)
 

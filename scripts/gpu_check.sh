@@ -31,7 +31,7 @@ if [ "${1:-}" = short ]; then  # what fits in 3 minutes: 4, then the peak memory
     cp /tmp/tp/throughput_*.json "$OUT/throughput.json" 2>/dev/null
     lap "throughput done"
     wait
-    methods=$(python3 -c "from peftedu.showdown import METHODS; print(' '.join(METHODS))")
+    methods=$(python3 -c "from peftedu.course.showdown import METHODS; print(' '.join(METHODS))")
     echo "$methods" | tr ' ' '\n' | xargs -P 8 -I{} timeout 70 python3 -m peftedu showdown --model /tmp/tinyllama-1.1b-random \
         --profile full --max-steps 2 --no-peft --no-serving --device cuda --methods {} --out /tmp/mem/{} > /tmp/mem.log 2>&1
     python3 - "$OUT/memory_tinyllama-1.1b.json" <<'PY'

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from peftedu import quant as Q  # noqa: E402
-from peftedu.models import load_base  # noqa: E402
+from peftedu.course.models import load_base  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 BLOCKSIZE = 64
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     gaussian = {"gaussian": torch.randn(1024, 4096, generator=torch.Generator().manual_seed(0))}
     errors, control = quantization_errors(weights), quantization_errors(gaussian)
     results = {
-        "model": "SmolLM2-135M-Instruct (peftedu.models.load_base)",
+        "model": "SmolLM2-135M-Instruct (peftedu.course.models.load_base)",
         "caveat": "These offline weights were de-quantized from a Q4_1 GGUF file (16 evenly spaced levels per "
                   "block of 32), so they already sit on a uniform 4-bit grid; the Gaussian control is i.i.d. N(0,1).",
         "blocksize": BLOCKSIZE,

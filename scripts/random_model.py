@@ -10,7 +10,7 @@ Random weights check that every cell *runs* on that architecture; they learn not
 
 import argparse
 
-from peftedu.models import PRECISIONS, TINY_ARCHITECTURES, write_random_model
+from peftedu.course.models import PRECISIONS, TINY_ARCHITECTURES, write_random_model
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("arch", help=f"one of {', '.join(TINY_ARCHITECTURES)} (tiny) or a shipped config name")

@@ -18,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def _smollm2():
-    from peftedu.models import load_base
+    from peftedu.course.models import load_base
 
     return load_base(device="cpu", dtype=torch.float32)
 

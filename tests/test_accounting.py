@@ -5,23 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from peftedu.accounting import (
-    GB,
-    GIB,
-    LLAMA_SHAPES,
-    DecoderShape,
-    activation_memory_gb,
-    bits_of,
-    count_parameters,
-    estimate_training_memory,
-    format_trainable_parameters,
-    measure_peak_memory,
-    memory_table,
-    method_memory,
-    nf4_bits_per_param,
-    print_trainable_parameters,
-)
-from peftedu.models import build_from_config, load_model_config
+from peftedu.counting import count_parameters, format_trainable_parameters, print_trainable_parameters
+from peftedu.course.memory import GB, GIB, bits_of, estimate_training_memory, memory_table, method_memory, nf4_bits_per_param
+from peftedu.course.peak_memory import measure_peak_memory
+from peftedu.course.shapes import LLAMA_SHAPES, DecoderShape, activation_memory_gb
+from peftedu.course.models import build_from_config, load_model_config
 
 peft = pytest.importorskip("peft")
 

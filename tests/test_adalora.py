@@ -18,7 +18,7 @@ import peftedu.lora  # noqa: F401
 from peftedu.adalora import AdaLoraConfig, SVDLinear, adalora_step_hook, orthogonal_regularization
 from peftedu.config import PeftConfig
 from peftedu.lora import LoraConfig
-from peftedu.models import build_from_config
+from peftedu.course.models import build_from_config
 from peftedu.peft_model import PeftModel, get_peft_model
 
 from conftest import make_tiny_llama

@@ -11,7 +11,7 @@ from torch import nn
 
 import peftedu.adapters as adapters
 from peftedu.adapters import AdapterConfig, BottleneckAdapterLayer
-from peftedu.models import build_from_config
+from peftedu.course.models import build_from_config
 from peftedu.peft_model import PeftModel, get_peft_model
 
 from conftest import make_tiny_bloom, make_tiny_llama

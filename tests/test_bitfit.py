@@ -14,7 +14,7 @@ from torch import nn
 
 import peftedu.bitfit as bitfit
 from peftedu.peft_model import PeftModel, get_peft_model
-from peftedu.models import build_from_config
+from peftedu.course.models import build_from_config
 from conftest import make_tiny_bloom, make_tiny_llama
 
 

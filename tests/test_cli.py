@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import peftedu.training as training
+import peftedu.course.training as training
 from peftedu.__main__ import main
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftedu.compare import MEASURED, cmp, measured, rounding_tolerance
+from peftedu.course.compare import MEASURED, cmp, measured, rounding_tolerance
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Tasks, prompts, tokenization, collation and scoring (peftedu.data). Offline, CPU."""
+"""Tasks, prompts, tokenization, collation and scoring (peftedu.course.data). Offline, CPU."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 import torch
 
-from peftedu import data
-from peftedu.data import (
+from peftedu.course import data
+from peftedu.course.data import (
     IGNORE_INDEX,
     SPLIT_SIZES,
     TASKS,
@@ -31,7 +31,7 @@ from peftedu.data import (
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from peftedu.models import resolve_source
+    from peftedu.course.models import resolve_source
 
     tok = AutoTokenizer.from_pretrained(resolve_source())
     if tok.pad_token is None:
@@ -44,7 +44,7 @@ def plain_tokenizer():
     """The same vocabulary without a chat template: prompts fall back to "Human: ...Assistant: "."""
     from transformers import AutoTokenizer
 
-    from peftedu.models import resolve_source
+    from peftedu.course.models import resolve_source
 
     tok = AutoTokenizer.from_pretrained(resolve_source())
     tok.chat_template = None
@@ -63,7 +63,7 @@ def test_committed_files_are_what_the_generator_writes(tmp_path):
     for task, paths in written.items():
         for split, path in paths.items():
             assert path.read_bytes() == (committed / task / f"{split}.jsonl").read_bytes(), (
-                f"data/tasks/{task}/{split}.jsonl is stale: rerun `python -m peftedu.data`")
+                f"data/tasks/{task}/{split}.jsonl is stale: rerun `python -m peftedu.course.data`")
 
 
 def test_generation_is_deterministic():
@@ -234,8 +234,8 @@ def test_scorers_follow_their_stated_rules():
 # --- the base model and the tasks --------------------------------------------------------------
 def test_base_model_knows_the_retention_answers():
     """Retention measures forgetting, so the base model must start out (almost) perfect on it."""
-    from peftedu.models import load_base
-    from peftedu.training import evaluate
+    from peftedu.course.models import load_base
+    from peftedu.course.training import evaluate
 
     model, tok = load_base()
     result = evaluate(model, tok, "retention", rows="all")

@@ -11,7 +11,7 @@ import torch
 import peftedu.dora  # noqa: F401
 from peftedu.dora import DoraMagnitude
 from peftedu.lora import LoraConfig, LoraLinear
-from peftedu.models import build_from_config
+from peftedu.course.models import build_from_config
 from peftedu.peft_model import PeftModel, get_peft_model
 
 from conftest import make_tiny_bloom, make_tiny_llama

@@ -9,8 +9,8 @@ import pytest
 
 from peftedu import LoraConfig, PeftModel, PromptTuningConfig, get_peft_model
 from peftedu.__main__ import build_parser, main
-from peftedu.models import MODEL_ALIASES, check_model_name, load_base
-from peftedu.training import get_profile
+from peftedu.course.models import MODEL_ALIASES, check_model_name, load_base
+from peftedu.course.training import get_profile
 
 from conftest import make_tiny_llama
 

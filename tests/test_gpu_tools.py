@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from peftedu import gpu_memory, throughput
-from peftedu.accounting import DecoderShape
-from peftedu.models import build_from_config, load_model_config
+from peftedu.course import gpu_memory, throughput
+from peftedu.course.shapes import DecoderShape
+from peftedu.course.models import build_from_config, load_model_config
 
 
 def test_flop_count_follows_palm():
@@ -82,7 +82,7 @@ def test_fit_rows_count_what_the_methods_build():
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     import peftedu
-    from peftedu.showdown import METHODS
+    from peftedu.course.showdown import METHODS
 
     config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=256)
@@ -120,8 +120,8 @@ def test_readme_fit_table_is_what_the_code_computes():
     from pathlib import Path
 
     from peftedu import load_base
-    from peftedu.data import generate_task
-    from peftedu.training import get_profile
+    from peftedu.course.data import generate_task
+    from peftedu.course.training import get_profile
 
     _, tokenizer = load_base()
     full = get_profile("full")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import peftedu.ia3 as ia3
-from peftedu.models import build_from_config
+from peftedu.course.models import build_from_config
 from peftedu.peft_model import PeftModel, get_peft_model
 
 from conftest import make_tiny_bloom, make_tiny_llama

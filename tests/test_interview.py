@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from peftedu import interview
-from peftedu.interview import (
+from peftedu.course import interview
+from peftedu.course.interview import (
     ALL,
     GLOSSARY,
     LEVELS,
@@ -215,7 +215,7 @@ def test_widget_opens_on_a_multiple_choice_question_and_prints_it_for_static_vie
 
 def test_lora_7b_share_uses_peft_denominator():
     # one denominator in the series: trainable / (base + LoRA), as peft's print_trainable_parameters (notebook 00 too)
-    from peftedu.accounting import LLAMA_SHAPES
+    from peftedu.course.shapes import LLAMA_SHAPES
 
     llama7 = LLAMA_SHAPES["7B"]
     lora, base = llama7.lora_params(64), llama7.n_params()
@@ -287,7 +287,7 @@ def test_a_chinese_term_added_to_a_heading_keeps_its_citations():
 
 
 def test_glossary_markdown_lists_every_term_once():
-    from peftedu.interview import glossary_markdown
+    from peftedu.course.interview import glossary_markdown
 
     one, two = glossary_markdown(), glossary_markdown(columns=2)
     assert one.splitlines()[0] == "| 中文 | English |" and len(one.splitlines()) == len(GLOSSARY) + 2

@@ -16,8 +16,8 @@ import torch
 
 import peftedu
 from peftedu.prefix_tuning import prefix_from_text
-from peftedu.data import load_task
-from peftedu.training import evaluate, train
+from peftedu.course.data import load_task
+from peftedu.course.training import evaluate, train
 
 STEPS = dict(profile="quick", max_steps=12, batch_size=4, grad_accum=1, progress=False)
 EVAL = dict(profile="quick", rows=24)

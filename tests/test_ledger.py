@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from peftedu.ledger import (FIELDS, LEDGER_PATH, SOURCES, VERDICTS, LedgerError, check_references, ledger_counts,
+from peftedu.course.ledger import (FIELDS, LEDGER_PATH, SOURCES, VERDICTS, LedgerError, check_references, ledger_counts,
                             ledger_markdown, load_ledger)
 
 ROOT = Path(__file__).resolve().parent.parent

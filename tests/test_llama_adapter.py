@@ -8,7 +8,7 @@ import torch
 from conftest import make_tiny_bloom, make_tiny_llama
 
 import peftedu.llama_adapter as la
-from peftedu.models import build_from_config
+from peftedu.course.models import build_from_config
 from peftedu.peft_model import PeftModel, get_peft_model
 
 peft = pytest.importorskip("peft")

@@ -12,7 +12,7 @@ from torch import nn
 
 import peftedu.lora  # noqa: F401  (registers the LORA method)
 from peftedu.lora import LoraConfig, LoraLinear
-from peftedu.models import build_from_config
+from peftedu.course.models import build_from_config
 from peftedu.peft_model import PeftModel, get_peft_model
 from peftedu.tuners import AdapterLayer
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peftedu import models
+from peftedu.course import models
 
 
 def test_default_model_answers_paris(smollm2):

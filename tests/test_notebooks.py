@@ -89,7 +89,7 @@ def test_at_most_a_fifth_of_the_code_cells_escape_comparison():
 
 
 MACHINE_SPECIFIC = {
-    "a raw max difference (use peftedu.compare.cmp, which prints a verdict)": re.compile(r"max diff: \d"),
+    "a raw max difference (use peftedu.course.compare.cmp, which prints a verdict)": re.compile(r"max diff: \d"),
     "an exactness flag that depends on the kernels": re.compile(r"exact: (True|False)"),
     "an absolute path of this machine": re.compile(r"(/site-packages/|/work/|/root/|/home/|/tmp/)"),
     "a banner printed only on some CPUs (bitsandbytes' kernels notice)": re.compile(r"kernels-community"),

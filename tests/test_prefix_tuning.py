@@ -8,9 +8,9 @@ import torch
 from conftest import make_tiny_bloom, make_tiny_llama
 
 import peftedu.prefix_tuning as pt
-from peftedu.models import build_from_config, load_model_config
+from peftedu.course.models import build_from_config, load_model_config
 from peftedu.peft_model import PeftModel, get_peft_model
-from peftedu.prefix_shapes import format_walkthrough, prefix_shape_explorer, prefix_shape_walkthrough
+from peftedu.course.prefix_shapes import format_walkthrough, prefix_shape_explorer, prefix_shape_walkthrough
 
 peft = pytest.importorskip("peft")
 P = 3  # virtual tokens in the tiny-model tests
@@ -310,7 +310,7 @@ def test_peft_positions_hold_in_generate_too(make):
 def test_attention_layers_and_projections(make):
     """One attention module per layer; q/k/v give each layer's own Q, K, V (BLOOM: its fused projection split per
     head as [q | k | v], exactly what BloomAttention._reshape does)."""
-    from peftedu.prefix_shapes import attention_layers, attention_projections
+    from peftedu.course.prefix_shapes import attention_layers, attention_projections
 
     model = make()
     layers = attention_layers(model)

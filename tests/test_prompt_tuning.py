@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import peftedu.prompt_tuning  # noqa: F401  (registers PROMPT_TUNING)
-from peftedu.models import build_from_config
+from peftedu.course.models import build_from_config
 from peftedu.peft_model import PeftModel, get_peft_model
 from peftedu.prompt_tuning import PromptTuningConfig
 

@@ -340,7 +340,7 @@ def test_histogram_widget_static_view_shows_default_state_and_note():
 # --------------------------------------------------------------------------- the real model
 def test_smollm2_first_block_quantized():
     """Real SmolLM2-135M weights, first decoder block only (the full model: scripts/measure_quant.py)."""
-    models = pytest.importorskip("peftedu.models")
+    models = pytest.importorskip("peftedu.course.models")
     try:
         model, tok = models.load_base()
     except (FileNotFoundError, OSError) as error:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from peftedu import showdown as sd
+from peftedu.course import showdown as sd
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +20,7 @@ def test_every_method_has_a_config_both_libraries_understand():
     import peft
 
     import peftedu
-    from peftedu.training import get_profile
+    from peftedu.course.training import get_profile
 
     model, tokenizer, _ = sd.load_model(SMOKE)
     for method in sd.METHODS.values():
@@ -125,7 +125,7 @@ def test_a_shared_log_skips_finished_runs_and_ignores_other_settings(tmp_path, m
 
 def test_random_weights_take_the_named_tokenizer_and_are_never_scored(tmp_path, monkeypatch):
     """The GPU profile off the hub: a shipped config, random weights, a tokenizer folder; cost only."""
-    from peftedu.models import load_base
+    from peftedu.course.models import load_base
 
     _, tokenizer = load_base(None, device="cpu")
     tokenizer.save_pretrained(tmp_path / "tok")
@@ -156,7 +156,7 @@ def test_a_table_without_scores_says_so_and_draws_no_score_plot(tmp_path):
 
 
 def test_serving_is_called_the_same_only_within_the_rounding_of_its_dtype():
-    from peftedu.showdown import serving_verdict
+    from peftedu.course.showdown import serving_verdict
 
     base = {"adapters": 8, "adapters_differ_by": 3.4, "max_abs_logit": 20.0}
     assert serving_verdict({**base, "max_logit_diff": 0.0, "dtype": "float32"}) == "the same logits, bit for bit"

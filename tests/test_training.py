@@ -1,4 +1,4 @@
-"""The training/evaluation loop (peftedu.training). Offline, CPU; one slow test trains for real."""
+"""The training/evaluation loop (peftedu.course.training). Offline, CPU; one slow test trains for real."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 
 matplotlib.use("Agg")
 
-from peftedu.data import collate_for_training, load_task, tokenize_example  # noqa: E402
-from peftedu.training import (  # noqa: E402
+from peftedu.course.data import collate_for_training, load_task, tokenize_example  # noqa: E402
+from peftedu.course.training import (  # noqa: E402
     PROFILES,
     TrainHistory,
     accumulate_gradients,
@@ -27,7 +27,7 @@ from peftedu.training import (  # noqa: E402
 
 @pytest.fixture(scope="module")
 def base():
-    from peftedu.models import load_base
+    from peftedu.course.models import load_base
 
     return load_base()
 

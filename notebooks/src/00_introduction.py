@@ -42,16 +42,11 @@ import transformers
 from IPython.display import Markdown, display
 
 import peftedu
-from peftedu.compare import cmp, measured, rounding_tolerance
-from peftedu.accounting import (
-    GB,
-    LLAMA_SHAPES,
-    count_parameters,
-    estimate_training_memory,
-    memory_table,
-    print_trainable_parameters,
-)
-from peftedu.data import (
+from peftedu.course.compare import cmp, measured, rounding_tolerance
+from peftedu.counting import count_parameters, print_trainable_parameters
+from peftedu.course.memory import GB, estimate_training_memory, memory_table
+from peftedu.course.shapes import LLAMA_SHAPES
+from peftedu.course.data import (
     IGNORE_INDEX,
     SPLIT_SIZES,
     TASKS,
@@ -61,11 +56,11 @@ from peftedu.data import (
     load_task,
     tokenize_example,
 )
-from peftedu.explorers import (LIVE_NOTE, architecture, decoder_layers, memory_estimates, memory_explorer,
+from peftedu.course.explorers import (LIVE_NOTE, architecture, decoder_layers, memory_estimates, memory_explorer,
                                 plot_memory_breakdown)
-from peftedu.interview import GLOSSARY, get_question, glossary_markdown
-from peftedu.models import DEFAULT_MODEL, build_from_config, is_pretrained, load_base, model_name
-from peftedu.training import evaluate, generate_answers, get_profile
+from peftedu.course.interview import GLOSSARY, get_question, glossary_markdown
+from peftedu.course.models import DEFAULT_MODEL, build_from_config, is_pretrained, load_base, model_name
+from peftedu.course.training import evaluate, generate_answers, get_profile
 
 transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in the notebook
 torch.manual_seed(0)
@@ -82,7 +77,7 @@ print("profile:", profile.name)
 # `prefix tuning (前缀微调)`, and the series uses **one term per concept**: the one the source tutorials use, such
 # as 选择性微调 for selective methods (source 001). Where the sources use two words for one idea, the table keeps
 # one: full fine-tuning is 全参数微调 here, which other tutorials also call 全量微调. The table is
-# `peftedu.interview.GLOSSARY`; a unit test checks that every Chinese term a notebook writes in parentheses after
+# `peftedu.course.interview.GLOSSARY`; a unit test checks that every Chinese term a notebook writes in parentheses after
 # an English one is in it, and notebook 13 uses it for its interview questions.
 
 # %%
@@ -239,7 +234,7 @@ explorer
 # is downloaded from a model hub. `load_base()` picks the device (cuda → mps → cpu) and the dtype (fp32 on
 # the CPU) and returns the model in eval mode with its tokenizer. The environment variable `PEFTEDU_MODEL`
 # switches every notebook to another model (e.g. `qwen2.5-1.5b` on a GPU) without editing a cell: every count,
-# shape and layer name below is read from the model in use (`peftedu.explorers.architecture` reads its config under
+# shape and layer name below is read from the model in use (`peftedu.course.explorers.architecture` reads its config under
 # one set of names, whatever the model type calls them).
 
 # %%
@@ -489,7 +484,7 @@ _ = cmp("sum: pairwise, computed twice", sum_pairwise(values), sums["pairwise"],
 # Each addition rounds its result to within ε of its size, where ε is the dtype's machine epsilon. Two routes
 # that add the same `terms` numbers in different orders make independent rounding errors, which grow like a
 # random walk: to the order of ε · magnitude · √terms at most, where magnitude is the size of the values compared.
-# The series allows ten times that (`peftedu.compare.rounding_tolerance`):
+# The series allows ten times that (`peftedu.course.compare.rounding_tolerance`):
 #
 # $$\text{atol} = \text{headroom} \cdot \varepsilon \cdot \text{magnitude} \cdot \sqrt{\text{terms}}, \qquad \text{headroom} = 10$$
 #
@@ -525,7 +520,7 @@ print("nbval reads:", re.sub(rules["measured"]["regex"], rules["measured"]["repl
 # ## Summary
 #
 # * The series uses one Chinese term per concept, the source tutorials' term: the glossary at the top is
-#   `peftedu.interview.GLOSSARY`.
+#   `peftedu.course.interview.GLOSSARY`.
 # * Full fine-tuning with AdamW in fp32 needs 16 bytes per parameter before activations: for bloom-1b4-zh's
 #   1,303,111,680 parameters that is the source tutorial's 20.8 GB (computed above on the meta device).
 # * Tables of "training memory" only make sense with their assumptions: source 003's 7B/13B/70B table assumes
@@ -603,12 +598,12 @@ print("nbval reads:", re.sub(rules["measured"]["regex"], rules["measured"]["repl
 # </details>
 #
 # 4. Compute the memory of training a LoRA of rank 16 on all linear layers of bloom-1b4-zh with
-#    `peftedu.explorers.lora_memory` and compare it with the 20.8 GB of full fine-tuning.
+#    `peftedu.course.explorers.lora_memory` and compare it with the 20.8 GB of full fine-tuning.
 #
 # <details><summary>Solution</summary>
 #
 # ```python
-# from peftedu.explorers import lora_memory, linear_suffixes
+# from peftedu.course.explorers import lora_memory, linear_suffixes
 # print(lora_memory("bloom-1b4-zh", 16, linear_suffixes("bloom-1b4-zh")))
 # ```
 # </details>

@@ -38,13 +38,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 from peftedu import BitFitConfig, PeftModel, get_peft_model
-from peftedu.accounting import count_parameters, print_trainable_parameters
+from peftedu.counting import count_parameters, print_trainable_parameters
 from peftedu.bitfit import BitFitLayer, undeclared_biases
-from peftedu.compare import cmp, measured, rounding_tolerance
-from peftedu.data import TrainingCollator, build_prompt, collate_for_generation, load_task, tokenize_example
-from peftedu.explorers import architecture, decoder_layers, linear_suffixes
-from peftedu.models import DEFAULT_MODEL, build_from_config, is_pretrained, load_base, model_name
-from peftedu.training import evaluate, generate_answers, get_profile, plot_history, train
+from peftedu.course.compare import cmp, measured, rounding_tolerance
+from peftedu.course.data import TrainingCollator, build_prompt, collate_for_generation, load_task, tokenize_example
+from peftedu.course.explorers import architecture, decoder_layers, linear_suffixes
+from peftedu.course.models import DEFAULT_MODEL, build_from_config, is_pretrained, load_base, model_name
+from peftedu.course.training import evaluate, generate_answers, get_profile, plot_history, train
 
 transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in the notebook
 warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")

@@ -45,12 +45,12 @@ transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars i
 
 import peftedu
 from peftedu import PeftModel, PrefixTuningConfig, cmp, get_peft_model, measured, rounding_tolerance
-from peftedu.data import TrainingCollator, collate_for_generation, load_task, tokenize_dataset
-from peftedu.models import is_pretrained
-from peftedu.prefix_shapes import (attention_layers, attention_projections, format_walkthrough,
+from peftedu.course.data import TrainingCollator, collate_for_generation, load_task, tokenize_dataset
+from peftedu.course.models import is_pretrained
+from peftedu.course.prefix_shapes import (attention_layers, attention_projections, format_walkthrough,
                                    prefix_shape_explorer, prefix_shape_walkthrough)
 from peftedu.prefix_tuning import cache_argument, positions_from_mask, prefix_geometry, prefix_key_values
-from peftedu.training import evaluate, generate_answers, get_profile, plot_history, train
+from peftedu.course.training import evaluate, generate_answers, get_profile, plot_history, train
 
 notebook_start = time.perf_counter()
 torch.manual_seed(0)
@@ -125,7 +125,7 @@ L, h_kv, d_h = geometry["num_layers"], geometry["num_kv_heads"], geometry["head_
 h, d_model = config.num_attention_heads, config.hidden_size
 N, T, p = 2, 6, 4
 print(f"L={L}, d_model={d_model}, h={h}, h_kv={h_kv}, d_h={d_h}; walkthrough with N={N}, T={T}, p={p}")
-if model.name_or_path == peftedu.models.MODEL_ALIASES[peftedu.DEFAULT_MODEL]:
+if model.name_or_path == peftedu.course.models.MODEL_ALIASES[peftedu.DEFAULT_MODEL]:
     assert (L, d_model, h, h_kv, d_h) == (30, 576, 9, 3, 64)  # SmolLM2-135M
 
 shapes = {}
@@ -344,7 +344,7 @@ check("output", bloom_attention.dense(merged_b), (N, T, d_model_b))
 shapes = shapes_model
 
 # %% [markdown]
-# ### Compared with `peftedu.prefix_shapes.prefix_shape_walkthrough`
+# ### Compared with `peftedu.course.prefix_shapes.prefix_shape_walkthrough`
 #
 # The package runs the same steps (with an explanation for each) on any model or architecture name. Its shapes
 # must equal the ones our cells recorded, step for step and in the same order.
@@ -399,7 +399,7 @@ print(f"p={p}: prefix tuning trains {counted_prefix:,}, prompt tuning {counted_p
 assert (counted_prefix, counted_prompt) == (p * prefix_per_token, p * prompt_per_token)
 assert counted_prefix * prompt_per_token == counted_prompt * prefix_per_token  # the counted ratio is the formula's
 assert (ratio == 2 * L) == (h_kv * d_h == d_model)
-if model.name_or_path == peftedu.models.MODEL_ALIASES[peftedu.DEFAULT_MODEL]:
+if model.name_or_path == peftedu.course.models.MODEL_ALIASES[peftedu.DEFAULT_MODEL]:
     assert ratio == 20  # SmolLM2-135M: 2 x 30 x 3 x 64 / 576, not 2L = 60
 
 # %% [markdown]

@@ -34,14 +34,15 @@ from torch import nn
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU-kernel notice appears on some CPUs only: noise here
 import peftedu
 from peftedu import LoraConfig, cmp, get_peft_model, measured
-from peftedu.compare import rounding_tolerance
+from peftedu.course.compare import rounding_tolerance
 from peftedu import quant as Q
-from peftedu.accounting import (LLAMA_SHAPES, activation_memory_gb, estimate_training_memory, method_memory,
-                                nf4_bits_per_param, print_trainable_parameters)
-from peftedu.data import build_prompt, load_task
+from peftedu.counting import print_trainable_parameters
+from peftedu.course.memory import estimate_training_memory, method_memory, nf4_bits_per_param
+from peftedu.course.shapes import LLAMA_SHAPES, activation_memory_gb
+from peftedu.course.data import build_prompt, load_task
 from peftedu.lora import LoraLinear
-from peftedu.models import DEFAULT_MODEL, is_pretrained, load_base, model_name
-from peftedu.training import evaluate, get_profile, plot_history, train
+from peftedu.course.models import DEFAULT_MODEL, is_pretrained, load_base, model_name
+from peftedu.course.training import evaluate, get_profile, plot_history, train
 
 try:
     import bitsandbytes as bnb

@@ -38,12 +38,12 @@ import transformers
 from safetensors.torch import load_file
 
 from peftedu import LoraConfig, PeftModel, get_peft_model
-from peftedu.accounting import count_parameters
-from peftedu.compare import cmp, measured, rounding_tolerance
-from peftedu.data import TOPIC_LABELS, build_prompt, collate_for_generation, load_task
+from peftedu.counting import count_parameters
+from peftedu.course.compare import cmp, measured, rounding_tolerance
+from peftedu.course.data import TOPIC_LABELS, build_prompt, collate_for_generation, load_task
 from peftedu.lora import LoraLinear, default_lora_targets
-from peftedu.models import is_pretrained, load_base
-from peftedu.training import evaluate, generate_answers, get_profile, plot_history, train
+from peftedu.course.models import is_pretrained, load_base
+from peftedu.course.training import evaluate, generate_answers, get_profile, plot_history, train
 
 transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in the notebook
 # transformers' deprecation notice when peft loads an adapter (it prints an absolute path): not for this lesson

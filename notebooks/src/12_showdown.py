@@ -15,7 +15,7 @@
 #   not, and why a 135M model on a CPU can and cannot settle it;
 # * compare `peftedu` with HF `peft` on speed and memory, method by method.
 #
-# The measured table comes from one committed command, `python -m peftedu showdown` (module `peftedu.showdown`),
+# The measured table comes from one committed command, `python -m peftedu showdown` (module `peftedu.course.showdown`),
 # which wrote `results/showdown_cpu.json`; this notebook reads that file and recomputes nothing it cannot check.
 # What it *can* recompute — every parameter count — it recomputes and compares with the file. The committed results
 # are the default model's (SmolLM2-135M on a CPU; a 1.7B model on an H100 in section 7), whatever `PEFTEDU_MODEL`
@@ -36,9 +36,11 @@ import transformers
 from IPython.display import Markdown, display
 
 import peftedu
-from peftedu import gpu_memory, showdown
-from peftedu.accounting import DecoderShape, count_parameters, memory_table, nf4_bits_per_param
-from peftedu.models import DEFAULT_MODEL, REPO_ROOT, build_from_config, load_base, load_model_config, model_name
+from peftedu.course import gpu_memory, showdown
+from peftedu.counting import count_parameters
+from peftedu.course.memory import memory_table, nf4_bits_per_param
+from peftedu.course.shapes import DecoderShape
+from peftedu.course.models import DEFAULT_MODEL, REPO_ROOT, build_from_config, load_base, load_model_config, model_name
 
 transformers.utils.logging.disable_progress_bar()
 # transformers' deprecation notice when peft wraps a model (it prints the path of transformers on this machine)
@@ -103,7 +105,7 @@ assert embeddings / 95_225_856 > 0.99
 # ## 2. The memory arithmetic, for bloom-1b4-zh
 #
 # Source 002 estimates full fp32 fine-tuning at 20.8 GB. `memory_table` gives the weights, gradients and optimizer
-# states of each training recipe (before activations), with its assumptions stated in `peftedu.accounting`;
+# states of each training recipe (before activations), with its assumptions stated in `peftedu.course.memory`;
 # notebook 00 derives them byte by byte.
 
 # %%
@@ -127,7 +129,7 @@ assert by_method["qlora"]["total_gb"] < by_method["lora"]["total_gb"] < by_metho
 #
 # `python -m peftedu showdown` trains every method on the `topic` task with the same quick profile: the same
 # optimizer steps, the same training examples in the same order (seed 0), so the same token budget; only the
-# learning rate is each method's own (found by short sweeps, listed in `peftedu.showdown.METHODS`). Each run starts
+# learning rate is each method's own (found by short sweeps, listed in `peftedu.course.showdown.METHODS`). Each run starts
 # in a fresh Python process so that its peak memory is its own. Per run it measures:
 #
 # * **trainable** parameters (count and share);
@@ -166,7 +168,7 @@ assert len({(r["steps"], r["tokens"]) for r in result["rows"]}) == 1  # one toke
 
 # %%
 _, tokenizer = load_base()  # section 7.1 reads the tokenizer
-# every method applied with the showdown's settings to a meta-device copy (peftedu.gpu_memory.fit_rows, section 7.1)
+# every method applied with the showdown's settings to a meta-device copy (peftedu.course.gpu_memory.fit_rows, section 7.1)
 today = {r["method"]: r["trainable"] for r in gpu_memory.fit_rows(load_model_config("smollm2-135m"), profile="quick")}
 for name in showdown.METHODS:
     assert rows[name]["trainable"] == today[name], (name, rows[name]["trainable"], today[name])
@@ -407,7 +409,7 @@ assert all(r["memory_ratio_vs_peft"] <= 1.05 for r in logged if "memory_ratio_vs
 # The learner's question on a T4 or V100 (16 GB) or an RTX 3090/4090, A10 or L4 (24 GB): which method trains
 # TinyLlama-1.1B or Qwen2.5-1.5B in the `full` profile (batches of 16) without running out of memory? Each method is
 # applied with the showdown's own settings to a **meta-device** copy of each architecture (exact parameter counts, no
-# memory), and `peftedu.gpu_memory.estimate` adds up weights (bf16 base; NF4 with double quantization for QLoRA),
+# memory), and `peftedu.course.gpu_memory.estimate` adds up weights (bf16 base; NF4 with double quantization for QLoRA),
 # gradients and AdamW states (bf16 for full fine-tuning, fp32 for the adapters), the activations of one step without
 # recomputation (34·s·b·d bytes per layer, Korthikanti et al. 2022, with SDPA keeping no score matrix), the fp32
 # logits of the loss, and the fp32 copies of the inputs that LoRA-family and bottleneck adapters cast before their
@@ -419,8 +421,8 @@ assert all(r["memory_ratio_vs_peft"] <= 1.05 for r in logged if "memory_ratio_vs
 # in when a GPU run of `scripts/gpu_check.sh` has committed its per-method peaks; no such run exists yet.
 
 # %%
-from peftedu.data import generate_task
-from peftedu.training import get_profile
+from peftedu.course.data import generate_task
+from peftedu.course.training import get_profile
 
 full_profile = get_profile("full")
 train_rows = generate_task("topic")["train"] + generate_task("extract")["train"]
@@ -533,7 +535,7 @@ assert long_fit["TinyLlama-1.1B"]["lora"] > 0.9 * long_fit["TinyLlama-1.1B"]["fu
 # ```
 # </details>
 #
-# 3. Add a method to `peftedu.showdown.METHODS` (e.g. LoRA on all linear layers, `target_modules="all-linear"`) and
+# 3. Add a method to `peftedu.course.showdown.METHODS` (e.g. LoRA on all linear layers, `target_modules="all-linear"`) and
 #    run only it: `python -m peftedu showdown --methods lora --no-peft` after your change.
 #
 # <details><summary>Solution</summary>

@@ -33,13 +33,14 @@ from IPython.display import Markdown, display
 import peftedu
 from peftedu import IA3Config, LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
 from peftedu import quant as Q
-from peftedu.accounting import (LLAMA_SHAPES, activation_memory_gb, count_parameters, estimate_training_memory,
-                                memory_table, method_memory, nf4_bits_per_param)
-from peftedu.explorers import lora_parameter_count
-from peftedu.interview import (GLOSSARY, LEVELS, QUESTIONS, TOPICS, SelfCheck, check_answer, get_question,
+from peftedu.counting import count_parameters
+from peftedu.course.memory import estimate_training_memory, memory_table, method_memory, nf4_bits_per_param
+from peftedu.course.shapes import LLAMA_SHAPES, activation_memory_gb
+from peftedu.course.explorers import lora_parameter_count
+from peftedu.course.interview import (GLOSSARY, LEVELS, QUESTIONS, TOPICS, SelfCheck, check_answer, get_question,
                                pick_questions, select_questions, self_check_widget, to_markdown, validate_bank)
-from peftedu.ledger import SOURCES, check_references, ledger_counts, ledger_markdown, load_ledger
-from peftedu.models import REPO_ROOT, build_from_config
+from peftedu.course.ledger import SOURCES, check_references, ledger_counts, ledger_markdown, load_ledger
+from peftedu.course.models import REPO_ROOT, build_from_config
 
 transformers.utils.logging.disable_progress_bar()
 # transformers' deprecation notice about `is_gradient_checkpointing` would print the path of transformers here
@@ -91,7 +92,7 @@ assert used_terms <= set(GLOSSARY)
 # * **untested**: no measurement in the series settles it (the finding says what the literature reports).
 #
 # "where" names the notebook and section that address the claim. The rows live in `data/source_ledger.json` and are
-# loaded by `peftedu.ledger`, which refuses an unknown verdict or source; the cell checks that every cited section
+# loaded by `peftedu.course.ledger`, which refuses an unknown verdict or source; the cell checks that every cited section
 # exists in its notebook and, where the source texts are present beside the repository, that every quote occurs in
 # its source word for word. Use it in an interview when a "fact" you read sounds off: most corrections are a
 # parameter count or a share that someone copied without recomputing.

@@ -311,7 +311,7 @@ def load_task(name: str, split: str | None = None, *, root: str | Path | None = 
         data_files = {s: str(folder / f"{s}.jsonl") for s in SPLITS if (folder / f"{s}.jsonl").exists()}
         if not data_files:
             raise FileNotFoundError(f"No files for task {name!r} in {folder}; create them with "
-                                    "peftedu.data.write_tasks() (they are deterministic).")
+                                    "peftedu.course.data.write_tasks() (they are deterministic).")
         with quiet_datasets():
             dataset = load_dataset("json", data_files=data_files)
     elif Path(name).is_dir():
@@ -511,6 +511,6 @@ def score(task: str, predictions: Iterable[str], references: Iterable[str]) -> f
     return sum(SCORERS[task](p, r) for p, r in zip(predictions, references)) / len(predictions)
 
 
-if __name__ == "__main__":  # python -m peftedu.data  -> (re)write data/tasks
+if __name__ == "__main__":  # python -m peftedu.course.data  -> (re)write data/tasks
     for task, paths in write_tasks().items():
         print(task, {split: str(path) for split, path in paths.items()})

@@ -1,10 +1,5 @@
-"""Parameter and memory accounting: how many parameters train, and how many bytes training needs.
+"""Memory accounting: how many bytes training needs, as a budget whose every byte is an assumption.
 
-Three tools, each small enough to check by hand:
-
-* :func:`count_parameters` / :func:`print_trainable_parameters` -- the numbers HF peft prints
-  (``trainable params: 1,234 || all params: 5,678 || trainable%: 0.0217``), computed the same way,
-  so a learner can compare our from-scratch models with peft's line for line.
 * :func:`estimate_training_memory` -- the back-of-the-envelope memory budget of training
   (训练显存估算). Every byte is a stated assumption:
 
@@ -19,8 +14,11 @@ Three tools, each small enough to check by hand:
   with bytes per parameter ``b = bits / 8`` and ``k`` optimizer states per trainable parameter
   (AdamW: ``k = 2``, the moments m and v). Activations depend on batch size and sequence length,
   not on the parameter count; they are only added when you give them.
-* :func:`measure_peak_memory` -- what a function really used (CUDA allocator peak, or sampled
-  process RSS on the CPU), to hold the estimates against.
+* :func:`method_memory` / :func:`memory_table` -- the estimate for a named recipe (full fine-tuning
+  in fp32, 16-bit, mixed precision; LoRA; QLoRA) and the notebooks' table of them.
+
+Model shapes for models too big to build live in :mod:`peftedu.course.shapes`; what a function really
+used is measured by :func:`peftedu.course.peak_memory.measure_peak_memory`.
 
 Units: **GB = 10^9 bytes** everywhere (the source tutorials use it: "1.3B params x 4 bytes = 5.2 GB").
 GiB (2^30 bytes, what ``nvidia-smi`` and most OS tools print) is only used where a name says ``gib``;
@@ -48,110 +46,15 @@ Figures from the source tutorials, reproduced by the tests (``tests/test_account
 
 from __future__ import annotations
 
-import os
-import threading
-import time
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
-from torch import nn
+
+from .shapes import LLAMA_SHAPES, DecoderShape
 
 GB = 1e9  #: bytes in a GB (decimal, as the source tutorials use)
 GIB = 2**30  #: bytes in a GiB (binary, as nvidia-smi prints)
-
-# --------------------------------------------------------------------------------------------------
-# Counting parameters
-# --------------------------------------------------------------------------------------------------
-
-
-def _logical_buffer_params(model: nn.Module) -> int:
-    """Weights stored outside ``parameters()``: the sum of ``module.numel_logical`` over modules.
-
-    The hook: a module that keeps a frozen weight in buffers rather than a Parameter (our
-    ``peftedu.quant.Linear4bit`` packs two 4-bit codes per ``uint8`` in ``weight_packed``) exposes
-    ``numel_logical`` = how many weight values those buffers encode (``out_features * in_features``).
-    They count as frozen parameters; ordinary buffers (rotary caches, masks) are never counted.
-    Each module is visited once (``named_modules`` de-duplicates shared modules).
-    """
-    total = 0
-    for name, module in model.named_modules():
-        n = getattr(module, "numel_logical", None)
-        if n is None:
-            continue
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(
-                f"{name or 'model'}.numel_logical must be a non-negative int (the weight values its buffers "
-                f"encode), got {n!r}."
-            )
-        total += n
-    return total
-
-
-def logical_numel(tensor: torch.Tensor) -> int:
-    """How many model parameters a stored tensor holds.
-
-    * plain tensors: ``numel()`` (works on the meta device: shapes need no storage);
-    * DeepSpeed ZeRO-3 shards report ``numel() == 0`` and keep the real count in ``ds_numel``;
-    * bitsandbytes ``Params4bit`` packs two 4-bit values per byte of its storage dtype, so one stored
-      element of ``element_size()`` bytes holds ``2 * element_size()`` parameters -- exactly the rule
-      of ``peft.PeftModel.get_nb_trainable_parameters`` (uint8 storage: ``numel * 2``). One deliberate
-      difference: a ``Params4bit`` not yet quantized (``bnb_quantized`` False: bitsandbytes quantizes
-      when the layer moves to a device) still holds the full matrix, so it counts ``numel`` here,
-      where peft would report twice the truth.
-    """
-    n = tensor.numel()
-    if n == 0 and hasattr(tensor, "ds_numel"):
-        n = tensor.ds_numel
-    if tensor.__class__.__name__ == "Params4bit" and getattr(tensor, "bnb_quantized", True):
-        if hasattr(tensor, "element_size"):
-            num_bytes = tensor.element_size()
-        elif not hasattr(tensor, "quant_storage"):
-            num_bytes = 1
-        else:
-            num_bytes = tensor.quant_storage.itemsize
-        return n * 2 * num_bytes
-    return int(n)
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """``(trainable, total)`` parameters of ``model``, the way HF peft counts them.
-
-    * Shared/tied tensors count once: ``model.named_parameters()`` de-duplicates by identity
-      (SmolLM2 ties ``lm_head.weight`` to ``embed_tokens.weight``: 134,515,008 params, not 162,826,560).
-    * Meta-device models work (only shapes are read).
-    * 4-bit packed weights count as the parameters they encode: bitsandbytes ``Params4bit`` (see
-      :func:`logical_numel`) and modules exposing ``numel_logical`` (weights kept in buffers, like
-      ``peftedu.quant.Linear4bit``), which count as frozen.
-    * ``trainable`` = parameters with ``requires_grad``.
-
-    For a ``peft.PeftModel`` this equals ``peft_model.get_nb_trainable_parameters()``.
-    """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"count_parameters expects a torch.nn.Module, got {type(model).__name__}.")
-    trainable = total = 0
-    for _, param in model.named_parameters():
-        n = logical_numel(param)
-        total += n
-        if param.requires_grad:
-            trainable += n
-    total += _logical_buffer_params(model)
-    return trainable, total
-
-
-def format_trainable_parameters(model_or_counts: nn.Module | tuple[int, int]) -> str:
-    """The line HF peft prints, for a model or a ``(trainable, total)`` pair."""
-    trainable, total = (
-        count_parameters(model_or_counts) if isinstance(model_or_counts, nn.Module) else model_or_counts
-    )
-    if total <= 0:
-        raise ValueError(f"The model has no parameters (total = {total}); nothing to report.")
-    return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
-
-
-def print_trainable_parameters(model: nn.Module) -> None:
-    """Print ``trainable params: 1,234 || all params: 5,678 || trainable%: 21.7322`` (peft's format)."""
-    print(format_trainable_parameters(model))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -429,117 +332,6 @@ def estimate_training_memory(
 
 
 # --------------------------------------------------------------------------------------------------
-# Decoder shapes: exact parameter and LoRA counts for models too big to build, even on "meta"
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DecoderShape:
-    """A LLaMA-style decoder (RMSNorm, SwiGLU MLP, no biases), enough to count its parameters.
-
-    Per layer the linear maps (in -> out) are q_proj d->d, k_proj/v_proj d->kv, o_proj d->d,
-    gate_proj/up_proj d->i, down_proj i->d, with kv = n_kv_heads * d / n_heads; plus two RMSNorm
-    weights of size d. Around the layers: embeddings V x d, a final norm d, and ``lm_head`` d x V
-    unless tied to the embeddings.
-    """
-
-    name: str
-    hidden: int
-    intermediate: int
-    n_layers: int
-    n_heads: int
-    vocab: int
-    n_kv_heads: int | None = None
-    tied_embeddings: bool = False
-
-    @property
-    def kv_dim(self) -> int:
-        return (self.n_kv_heads or self.n_heads) * self.hidden // self.n_heads
-
-    def linear_shapes(self) -> dict[str, tuple[int, int]]:
-        """``{target name: (in_features, out_features)}`` of one decoder layer."""
-        d, i, kv = self.hidden, self.intermediate, self.kv_dim
-        return {
-            "q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (d, d),
-            "gate_proj": (d, i), "up_proj": (d, i), "down_proj": (i, d),
-        }
-
-    def linear_params(self) -> int:
-        """Weights of all linear layers inside the decoder blocks (what 4-bit quantization replaces)."""
-        return self.n_layers * sum(a * b for a, b in self.linear_shapes().values())
-
-    def n_params(self) -> int:
-        embeddings = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
-        norms = self.n_layers * 2 * self.hidden + self.hidden
-        return self.linear_params() + embeddings + norms
-
-    def lora_params(self, r: int, targets: Iterable[str] | str = "all-linear") -> int:
-        """LoRA adds A (r x in) and B (out x r) to each targeted linear: r * (in + out) parameters."""
-        shapes = self.linear_shapes()
-        names = list(shapes) if targets == "all-linear" else list([targets] if isinstance(targets, str) else targets)
-        unknown = [t for t in names if t not in shapes]
-        if unknown:
-            raise ValueError(f"Targets {unknown} are not linear layers of {self.name}; choose from {list(shapes)} or 'all-linear'.")
-        if not (isinstance(r, int) and r > 0):
-            raise ValueError(f"LoRA rank r must be a positive int, got {r!r}.")
-        return self.n_layers * sum(r * sum(shapes[t]) for t in dict.fromkeys(names))
-
-    @classmethod
-    def from_config(cls, config, name: str | None = None) -> "DecoderShape":
-        """From a transformers LLaMA-family config (LlamaConfig: TinyLlama, SmolLM2, ...)."""
-        if getattr(config, "model_type", None) not in ("llama", "mistral"):
-            raise ValueError(
-                f"DecoderShape describes bias-free LLaMA-style models; got model_type={getattr(config, 'model_type', None)!r}. "
-                "Count other architectures on the meta device instead (peftedu.models.build_from_config)."
-            )
-        return cls(
-            name=name or getattr(config, "name_or_path", "") or config.model_type,
-            hidden=config.hidden_size,
-            intermediate=config.intermediate_size,
-            n_layers=config.num_hidden_layers,
-            n_heads=config.num_attention_heads,
-            vocab=config.vocab_size,
-            n_kv_heads=config.num_key_value_heads,
-            tied_embeddings=bool(config.tie_word_embeddings),
-        )
-
-
-#: The LLaMA sizes behind "7B / 13B / 33B / 65B / 70B" (Touvron et al. 2023a, Table 2; LLaMA-2-70B
-#: with 8 key/value heads, Touvron et al. 2023b). "7B" is really 6.74B parameters -- not "13 billion",
-#: as source 002 writes.
-LLAMA_SHAPES: dict[str, DecoderShape] = {
-    "7B": DecoderShape("LLaMA-7B", 4096, 11008, 32, 32, 32000),
-    "13B": DecoderShape("LLaMA-13B", 5120, 13824, 40, 40, 32000),
-    "33B": DecoderShape("LLaMA-33B", 6656, 17920, 60, 52, 32000),
-    "65B": DecoderShape("LLaMA-65B", 8192, 22016, 80, 64, 32000),
-    "70B": DecoderShape("LLaMA-2-70B", 8192, 28672, 80, 64, 32000, n_kv_heads=8),
-}
-
-
-def activation_memory_gb(
-    shape: DecoderShape, *, batch_size: int, seq_len: int, checkpointing: bool = True, bits: float = 16
-) -> float:
-    """Approximate activation memory of one training step, in GB.
-
-    Without recomputation a transformer layer keeps about ``s*b*h*(34 + 5*a*s/h)`` bytes of 16-bit
-    activations (Korthikanti et al. 2022, Eq. 1; derived for a GPT layer with a 4h MLP -- LLaMA's
-    SwiGLU MLP is of the same order). With gradient checkpointing (梯度检查点) only each layer's
-    input ``b*s*h`` is kept, plus one layer's full activations while it is recomputed.
-    This is an order-of-magnitude figure; measure with :func:`measure_peak_memory` when it matters.
-    """
-    if batch_size <= 0 or seq_len <= 0:
-        raise ValueError(f"batch_size and seq_len must be positive, got {batch_size}, {seq_len}.")
-    b, s, h, a = batch_size, seq_len, shape.hidden, shape.n_heads
-    scale = bits / 16
-    per_layer_full = s * b * h * (34 + 5 * a * s / h) * scale
-    if checkpointing:
-        total = shape.n_layers * b * s * h * bits / 8 + per_layer_full
-    else:
-        total = shape.n_layers * per_layer_full
-    return total / GB
-
-
-# --------------------------------------------------------------------------------------------------
 # Named methods and the notebook table
 # --------------------------------------------------------------------------------------------------
 
@@ -652,120 +444,7 @@ def memory_table(
     return rows
 
 
-# --------------------------------------------------------------------------------------------------
-# Measuring
-# --------------------------------------------------------------------------------------------------
-
-
-def _rss_bytes() -> int | None:
-    """Resident set size of this process now: /proc/self/statm (Linux), else psutil, else None."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import psutil  # optional
-
-        return psutil.Process().memory_info().rss
-    except Exception:
-        return None
-
-
-def _maxrss_bytes() -> int:
-    """Lifetime peak RSS from getrusage (KiB on Linux, bytes on macOS)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
-@dataclass
-class PeakMemory:
-    """What :func:`measure_peak_memory` saw: the function's result and its memory peak above baseline."""
-
-    result: Any
-    peak_bytes: int
-    baseline_bytes: int
-    device: str
-    method: str
-
-    @property
-    def peak_gb(self) -> float:
-        return self.peak_bytes / GB
-
-    @property
-    def peak_mb(self) -> float:
-        return self.peak_bytes / 1e6
-
-    def __str__(self) -> str:
-        return f"peak {self.peak_mb:,.1f} MB above a baseline of {self.baseline_bytes / 1e6:,.1f} MB on {self.device} ({self.method})"
-
-
-def measure_peak_memory(fn: Callable, *args, device=None, interval_s: float = 0.001, **kwargs) -> PeakMemory:
-    """Run ``fn(*args, **kwargs)`` and report how far memory rose above where it started.
-
-    * CUDA: ``torch.cuda.reset_peak_memory_stats`` then ``max_memory_allocated`` -- exact bytes of
-      live tensors (not the allocator's cached blocks, not the CUDA context).
-    * CPU: a background thread samples the process RSS (``/proc/self/statm``, else psutil) every
-      ``interval_s``; peak minus the RSS before the call. Honest limits: RSS counts everything the
-      process holds, including memory the allocator caches and pages touched by other threads;
-      a spike shorter than the sampling interval can be missed; freed memory glibc keeps (small
-      allocations) is not seen as new. Without /proc and psutil, ``getrusage``'s lifetime peak is
-      used, which only shows a rise above the largest peak seen so far.
-    * MPS: samples ``torch.mps.current_allocated_memory()`` the same way.
-    """
-    from .models import pick_device
-
-    dev = pick_device(device)
-    if dev.type == "meta":
-        raise ValueError("The meta device holds no memory; measure on 'cpu', 'cuda' or 'mps'.")
-    if interval_s <= 0:
-        raise ValueError(f"interval_s must be > 0, got {interval_s}.")
-
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        baseline = torch.cuda.memory_allocated(dev)
-        result = fn(*args, **kwargs)
-        torch.cuda.synchronize(dev)
-        peak = torch.cuda.max_memory_allocated(dev) - baseline
-        return PeakMemory(result, max(peak, 0), baseline, str(dev), "torch.cuda.max_memory_allocated")
-
-    if dev.type == "mps":
-        sample, method = torch.mps.current_allocated_memory, "sampled torch.mps.current_allocated_memory"
-    elif _rss_bytes() is not None:
-        sample, method = _rss_bytes, "sampled process RSS"
-    else:
-        baseline = _maxrss_bytes()
-        result = fn(*args, **kwargs)
-        return PeakMemory(result, max(_maxrss_bytes() - baseline, 0), baseline, str(dev),
-                          "getrusage ru_maxrss (lifetime peak; rises only above earlier peaks)")
-
-    baseline = sample()
-    peak = [baseline]
-    stop = threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            peak[0] = max(peak[0], sample())
-            time.sleep(interval_s)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    try:
-        result = fn(*args, **kwargs)
-        peak[0] = max(peak[0], sample())  # the state right at return (result still alive)
-    finally:
-        stop.set()
-        thread.join()
-    return PeakMemory(result, max(peak[0] - baseline, 0), baseline, str(dev), method)
-
-
 __all__ = [
-    "GB", "GIB", "LLAMA_SHAPES", "METHODS", "OPTIMIZERS", "DecoderShape", "MemoryEstimate", "OptimizerSpec",
-    "PeakMemory", "activation_memory_gb", "bits_of", "count_parameters", "estimate_training_memory",
-    "format_trainable_parameters", "logical_numel", "measure_peak_memory", "memory_table", "method_memory",
-    "nf4_bits_per_param", "print_trainable_parameters",
+    "GB", "GIB", "METHODS", "OPTIMIZERS", "MemoryEstimate", "OptimizerSpec", "bits_of", "estimate_training_memory",
+    "memory_table", "method_memory", "nf4_bits_per_param",
 ]

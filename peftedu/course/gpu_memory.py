@@ -1,7 +1,7 @@
 """Will it fit? Estimated and measured peak training memory of every method on 1B-class models.
 
 For each method of the showdown, :func:`estimate` adds up what
-:func:`peftedu.accounting.estimate_training_memory` counts (weights, gradients, AdamW states) and the
+:func:`peftedu.course.memory.estimate_training_memory` counts (weights, gradients, AdamW states) and the
 activations of one step without recomputation (34·s·b·h bytes per layer: Korthikanti et al. 2022 with
 flash attention, which keeps no score matrix), plus the logits of the loss. :func:`table` sets the estimate beside the peak that a GPU run measured
 (``python -m peftedu showdown --profile full --max-steps 4 ...``, committed as ``results/memory_*.json``)
@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .accounting import DecoderShape, estimate_training_memory
+from .memory import estimate_training_memory
+from .shapes import DecoderShape
 
 GB = 1e9
 CARDS_GB = (16, 24)
@@ -120,7 +121,7 @@ def fit_rows(config, methods: list[str] | None = None, *, profile: str = "full")
     """Every showdown method on a ``meta``-device copy of ``config``'s architecture (bf16 base): its
     ``trainable`` and ``total`` parameter counts, ``fp32_inputs`` (:func:`fp32_input_features`) and
     ``extra_tokens`` (virtual tokens that lengthen every sequence: prompt tuning, P-tuning).
-    The configs are the showdown's own (:data:`peftedu.showdown.METHODS`); prompt tuning's text
+    The configs are the showdown's own (:data:`peftedu.course.showdown.METHODS`); prompt tuning's text
     initialisation is left out (it changes values, not counts); QLoRA counts as LoRA (the same parameters,
     stored in NF4 by :func:`estimate`)."""
     import types

@@ -11,7 +11,7 @@ until a browser shows them.
   ``"." + entry``; ``"all-linear"`` means every ``nn.Linear`` except the output layer; any other
   string is a regular expression that must match the whole module name.
 * :func:`lora_memory` / :func:`memory_estimates` -- the memory those counts imply, through
-  :func:`peftedu.accounting.estimate_training_memory`.
+  :func:`peftedu.course.memory.estimate_training_memory`.
 * :func:`lora_rank_explorer` and :func:`memory_explorer` -- the widgets. Where widgets cannot render (a saved
   notebook opened without a kernel, GitHub), a cell would show only the widget's text form, so each explorer also
   shows its default state as plain output -- the text and the figure -- followed by :data:`LIVE_NOTE`, and its
@@ -30,15 +30,9 @@ from typing import Iterable, Mapping
 
 from torch import nn
 
-from .accounting import (
-    LLAMA_SHAPES,
-    METHODS,
-    DecoderShape,
-    MemoryEstimate,
-    count_parameters,
-    format_trainable_parameters,
-    method_memory,
-)
+from ..counting import count_parameters, format_trainable_parameters
+from .memory import METHODS, MemoryEstimate, method_memory
+from .shapes import LLAMA_SHAPES, DecoderShape
 
 #: The 1B-class architectures shipped in data/model_configs (built on the meta device: no download).
 SHIPPED_ARCHITECTURES = ("smollm2-135m", "tinyllama-1.1b", "qwen2.5-1.5b", "smollm2-1.7b", "bloom-1b4-zh")
@@ -160,7 +154,7 @@ def architecture(model_or_config) -> Architecture:
         if default is not None:
             return default
         raise ValueError(f"{type(config).__name__} (model_type {getattr(config, 'model_type', None)!r}) has no "
-                         f"{what} (looked for {', '.join(names)}): peftedu.explorers.architecture reads decoder-only "
+                         f"{what} (looked for {', '.join(names)}): peftedu.course.explorers.architecture reads decoder-only "
                          "causal LMs such as Llama, Qwen2, Mistral, BLOOM and GPT-2.")
 
     hidden = get("the hidden size", "hidden_size", "n_embd", "d_model")
@@ -271,7 +265,7 @@ def memory_estimates(
     activations_gb: float | None = None,
 ) -> dict[str, MemoryEstimate]:
     """``{method: MemoryEstimate}`` for one model: a shipped architecture name (counted on the meta
-    device), a key of :data:`peftedu.accounting.LLAMA_SHAPES` ("7B", "65B", ...) or a DecoderShape."""
+    device), a key of :data:`peftedu.course.memory.LLAMA_SHAPES` ("7B", "65B", ...) or a DecoderShape."""
     if isinstance(model, str) and model in LLAMA_SHAPES:
         model = LLAMA_SHAPES[model]
     methods = list(methods)
@@ -372,7 +366,7 @@ def _explorer_box_class():
 
 def explorer_box(children, label: str):
     """``ipywidgets.VBox(children)`` whose ``repr`` is ``"<label> (interactive: ...)"`` (under ipywidgets' 110
-    characters), used by the explorers here and by :func:`peftedu.interview.self_check_widget`."""
+    characters), used by the explorers here and by :func:`peftedu.course.interview.self_check_widget`."""
     return _explorer_box_class()(children, label)
 
 

@@ -35,7 +35,7 @@ SOURCES = {
     "004": "adapters, prefix and prompt tuning with figures",
 }
 FIELDS = ("source", "quote_zh", "claim_en", "verdict", "finding", "where")
-LEDGER_PATH = Path(__file__).resolve().parent.parent / "data" / "source_ledger.json"
+LEDGER_PATH = Path(__file__).resolve().parents[2] / "data" / "source_ledger.json"
 _WHERE = re.compile(r"^(\d\d) § (.+)$")
 
 
@@ -93,7 +93,7 @@ def check_references(rows: Sequence[Claim], notebooks_src: str | Path | None = N
     """Problems with what the rows point to (an empty list when there are none).
 
     With ``notebooks_src``: every ``where`` names a notebook source that exists and one of its headings (compared by
-    :func:`peftedu.interview.heading_key`, so a Chinese term added in parentheses does not break it). With
+    :func:`peftedu.course.interview.heading_key`, so a Chinese term added in parentheses does not break it). With
     ``sources_dir`` (the folder of ``000_*.txt`` … ``004_*.txt``): every quote occurs verbatim in its source.
     """
     problems, headings, texts = [], {}, {}

@@ -41,7 +41,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .accounting import measure_peak_memory
+from .peak_memory import measure_peak_memory
 from .compare import measured
 from .data import (
     IGNORE_INDEX,
@@ -350,7 +350,7 @@ def generate_answers(model, tokenizer, prompts_or_records, *, batch_size: int = 
                      progress: bool = False) -> list[str]:
     """Greedy answers, batched with LEFT padding; returns only the new text, special tokens removed.
 
-    Strings are used as finished prompts (as :func:`peftedu.data.build_prompt` returns them);
+    Strings are used as finished prompts (as :func:`peftedu.course.data.build_prompt` returns them);
     records (dicts with ``instruction`` and optional ``input``) are formatted with ``build_prompt``.
     """
     prompts = [_as_prompt(tokenizer, item) for item in prompts_or_records]

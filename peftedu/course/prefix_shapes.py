@@ -27,10 +27,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .config import check_positive
+from ..config import check_positive
 from .explorers import LIVE_NOTE
-from .prefix_tuning import PrefixEncoder, PrefixTuningConfig, prefix_geometry, prefix_key_values
-from .tuners import module_device, module_dtype
+from ..prefix_tuning import PrefixEncoder, PrefixTuningConfig, prefix_geometry, prefix_key_values
+from ..tuners import module_device, module_dtype
 
 ARCHITECTURES = ("smollm2-135m", "bloom-1b4-zh", "tinyllama-1.1b", "qwen2.5-1.5b", "smollm2-1.7b")
 

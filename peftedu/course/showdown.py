@@ -198,7 +198,7 @@ def attach(model, tokenizer, method: Method, impl: str, settings: Settings, prof
             p.requires_grad_(True)
         return model, None
     if method.kind == "qlora":
-        from .quant import quantize_model
+        from ..quant import quantize_model
 
         quantize_model(model)
     class_name, kwargs = method.config(model, tokenizer, profile)
@@ -211,7 +211,7 @@ def attach(model, tokenizer, method: Method, impl: str, settings: Settings, prof
             kwargs = {k: v for k, v in kwargs.items() if k != "tokenizer_name_or_path"} | {"tokenizer": tokenizer}
         wrapped = peftedu.get_peft_model(model, getattr(peftedu, class_name)(**kwargs))
     if class_name == "PrefixTuningConfig":  # the same text initialisation for both (N(0, 1) barely trains here)
-        from .prefix_tuning import prefix_from_text
+        from ..prefix_tuning import prefix_from_text
 
         with torch.no_grad():
             wrapped.prompt_encoder["default"].embedding.weight.copy_(
@@ -234,7 +234,7 @@ def peak_flops(device: torch.device) -> float | None:
 
 def run_one(method_name: str, impl: str, settings: Settings) -> dict:
     """Everything the showdown measures for one method and one implementation (see the module docstring)."""
-    from .accounting import count_parameters
+    from ..counting import count_parameters
     from .data import load_task
     from .training import evaluate, get_profile, model_device, set_seed, train
 
@@ -378,7 +378,7 @@ def serving_benchmark(settings: Settings, n_adapters: int = 8, rows_per_adapter:
 def serving_verdict(serving: dict) -> str:
     """How the mixed batch compares with switching, against the rounding its dtype allows (never 'same' beyond it).
 
-    The tolerance is :func:`peftedu.compare.rounding_tolerance` at the size of the largest logit (10 ε · |logit|):
+    The tolerance is :func:`peftedu.course.compare.rounding_tolerance` at the size of the largest logit (10 ε · |logit|):
     in fp32 the two routes agree far inside it; in bf16 one rounding of a logit of 20 is already 0.06.
     """
     from .compare import rounding_tolerance

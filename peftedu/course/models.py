@@ -42,7 +42,7 @@ MODEL_ALIASES = {
     "bloom-1b4-zh": "Langboat/bloom-1b4-zh",
 }
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def data_dir() -> Path:
@@ -70,7 +70,7 @@ class Precision:
     """How a run stores and computes: the base model's dtype, and whether the loss is scaled.
 
     ``dtype`` is what :func:`load_base` loads the weights in. With ``float16`` (a GPU without bf16,
-    such as the T4) :func:`peftedu.training.train` keeps the trainable parameters in fp32, runs the
+    such as the T4) :func:`peftedu.course.training.train` keeps the trainable parameters in fp32, runs the
     forward pass under fp16 autocast and scales the loss (``torch.amp.GradScaler``): fp16's smallest
     normal number is 6e-5, and small gradients would otherwise flush to zero.
     """
