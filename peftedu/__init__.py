@@ -7,7 +7,10 @@ The API follows HF peft so what you learn here transfers as it is::
     model = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
     model.print_trainable_parameters()
 
-Importing the package registers every method (one module each).
+Importing the package registers every method (one module each). The top of the package is the PEFT library
+(configs, the tuner protocol, PeftModel, one module per method, quantization, merging, counting);
+``peftedu.course`` holds the course tools (tasks, training, evaluation, memory, explorers, interview, showdown),
+which import the library and never the other way round. This module re-exports the names the notebooks use.
 """
 
 from .course.models import (
@@ -37,10 +40,13 @@ from .loraplus import create_loraplus_optimizer
 from .merging import add_weighted_adapter
 
 from .counting import count_parameters, print_trainable_parameters
-from .course.memory import estimate_training_memory, memory_table
+from .course.memory import estimate_training_memory
+from .course.recipes import memory_table
 from .course.peak_memory import measure_peak_memory
-from .course.data import build_prompt, load_task, write_tasks
-from .course.training import evaluate, get_profile, plot_history, set_seed, train
+from .course.data import load_task, write_tasks
+from .course.tokenization import build_prompt
+from .course.evaluation import evaluate
+from .course.training import get_profile, plot_history, set_seed, train
 
 __version__ = "0.1.0"
 

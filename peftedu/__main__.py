@@ -22,8 +22,12 @@ import json
 import sys
 import time
 
-from .course.models import DEFAULT_MODEL, MODEL_ALIASES
-from .course.training import PROFILES
+from . import LoraConfig, get_peft_model
+from .course import showdown
+from .course.data import load_task, write_tasks
+from .course.models import DEFAULT_MODEL, MODEL_ALIASES, check_model_name, load_base, resolve_source
+from .course.evaluation import evaluate
+from .course.training import PROFILES, get_profile, train
 
 TASKS = ("topic", "extract")  # the tasks a LoRA is trained on (retention is a probe, never trained)
 MODEL_HELP = (f"an alias ({', '.join(MODEL_ALIASES)}), a local model folder or an org/name hub id "
@@ -45,8 +49,6 @@ def add_model_and_profile(parser, profile: bool = True) -> None:
 
 
 def cmd_prepare(args) -> None:
-    from .course.models import load_base, resolve_source
-
     start = time.perf_counter()
     source = resolve_source(args.model)
     model, _ = load_base(args.model, device="cpu")
@@ -55,8 +57,6 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_data(args) -> None:
-    from .course.data import write_tasks
-
     for task, files in write_tasks(args.root).items():
         print(task, {split: str(path) for split, path in files.items()})
 
@@ -66,11 +66,6 @@ def tour_results(model_name=None, profile=None, tasks=TASKS, lora_r=8, progress=
 
     ``report(task, numbers)`` is called as soon as a task is done (the tour prints each task then).
     """
-    from . import LoraConfig, get_peft_model
-    from .course.data import load_task
-    from .course.models import load_base
-    from .course.training import evaluate, get_profile, train
-
     profile = get_profile(profile)
     results = {"profile": profile.name, "tasks": {}}
     for task in tasks:
@@ -149,8 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"tasks to train and score, from {', '.join(TASKS)} (default: both)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the measured numbers to this JSON file")
     p.set_defaults(func=cmd_tour, parser=p)
-    from .course import showdown
-
     p = sub.add_parser("showdown", help="every method side by side, measured (results/)",
                        description="Train every method on the same task, model, token budget and seed, each in "
                                    "its own process, and each method HF peft also has a second time with peft.",
@@ -162,9 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    from .course.models import check_model_name
-    from .course.training import get_profile
-
     args = build_parser().parse_args(argv)
     try:  # settings that come from the environment are checked here too: a usage error, not a traceback
         if "profile" in args:

@@ -40,9 +40,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from .config import PeftConfig, check_positive, register_config
-from .lora import _float_dtype
-from .tuners import SAVED_PREFIX, AdapterLayer, Tuner, find_target_modules, module_device, register_tuner, replace_module
+from .config import PeftConfig, check_number, register_config
+from .tuners import SAVED_PREFIX, AdapterLayer, Tuner, find_target_modules, module_device, module_dtype, register_tuner
 
 
 @register_config
@@ -102,10 +101,9 @@ class AdaLoraConfig(PeftConfig):
             raise ValueError(f"total_step must be the number of optimizer steps you will train (an integer > 0), "
                              f"got {self.total_step!r}: AdaLoRA's rank budget schedule depends on it.")
         for name in ("target_r", "init_r", "deltaT"):
-            check_positive(name, getattr(self, name))
-        for name, value in (("tinit", self.tinit), ("tfinal", self.tfinal)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
+            check_number(name, getattr(self, name), integer=True)
+        for name in ("tinit", "tfinal"):
+            check_number(name, getattr(self, name), integer=True, at_least=0)
         if self.target_r > self.init_r:
             raise ValueError(f"target_r={self.target_r} > init_r={self.init_r}: every layer starts at rank init_r "
                              "and AdaLoRA prunes down to an average of target_r; choose target_r <= init_r.")
@@ -116,11 +114,9 @@ class AdaLoraConfig(PeftConfig):
         for name in ("beta1", "beta2"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name} is an EMA coefficient and must lie in (0, 1), got {getattr(self, name)!r}.")
-        if self.orth_reg_weight < 0:
-            raise ValueError(f"orth_reg_weight must be >= 0, got {self.orth_reg_weight!r}.")
-        check_positive("lora_alpha", self.lora_alpha, "a number")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
+        check_number("orth_reg_weight", self.orth_reg_weight, at_least=0)
+        check_number("lora_alpha", self.lora_alpha)
+        check_number("lora_dropout", self.lora_dropout, at_least=0, below=1)
         if self.target_modules is None:
             raise ValueError("target_modules is required: e.g. ['q_proj', 'v_proj'], a regex, or 'all-linear'.")
         if isinstance(self.target_modules, (set, tuple)):
@@ -145,7 +141,7 @@ class SVDLinear(AdapterLayer):
 
     def add(self, adapter_name: str, config: AdaLoraConfig) -> None:
         device = module_device(self.base_layer)
-        dtype = torch.float32 if device.type == "meta" else _float_dtype(self.base_layer)
+        dtype = torch.float32 if device.type == "meta" else module_dtype(self.base_layer)
         r = config.init_r
         self.lora_A[adapter_name] = nn.Parameter(torch.zeros(r, self.in_features, device=device, dtype=dtype))
         self.lora_E[adapter_name] = nn.Parameter(torch.zeros(r, 1, device=device, dtype=dtype))
@@ -362,13 +358,10 @@ class AdaLoraTuner(Tuner):
     peft_type = "ADALORA"
     model_methods = ("update_and_allocate",)  # PeftModel.update_and_allocate(step), as in peft
 
-    def inject(self, model: nn.Module, config: AdaLoraConfig, adapter_name: str) -> None:
-        for name in find_target_modules(model, config.target_modules, allowed_types=(nn.Linear,)):
-            module = model.get_submodule(name)
-            if not isinstance(module, SVDLinear):
-                module = SVDLinear(module)
-                replace_module(model, name, module)
-            module.add(adapter_name, config)
+    layer_class = SVDLinear
+
+    def target_names(self, model: nn.Module, config: AdaLoraConfig) -> list[str]:
+        return find_target_modules(model, config.target_modules, allowed_types=(nn.Linear,))  # no 4-bit base
 
     def forward(self, peft_model, *args, **kwargs):
         """The model's output; with labels, ``loss += orth_reg_weight * R(P, Q)`` (peft's AdaLoraModel.forward)."""

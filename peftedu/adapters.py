@@ -33,9 +33,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from .config import PeftConfig, register_config
-from .tuners import AdapterLayer, Tuner, find_target_modules, module_device, module_dtype, register_tuner, \
-    replace_module
+from .config import PeftConfig, check_number, register_config
+from .tuners import AdapterLayer, Tuner, find_target_modules, module_device, module_dtype, register_tuner
 
 DEFAULT_BOTTLENECK = 64  # used when neither bottleneck_size nor reduction_factor is given
 NON_LINEARITIES = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
@@ -82,9 +81,8 @@ class AdapterConfig(PeftConfig):
         if self.reduction_factor is None:
             self.bottleneck_size = DEFAULT_BOTTLENECK if self.bottleneck_size is None else self.bottleneck_size
         for name in ("bottleneck_size", "reduction_factor"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+            if getattr(self, name) is not None:
+                check_number(name, getattr(self, name), integer=True)
         if self.non_linearity not in NON_LINEARITIES:
             raise ValueError(f"non_linearity must be one of {sorted(NON_LINEARITIES)}, got {self.non_linearity!r}.")
         if isinstance(self.target_modules, (set, tuple)):
@@ -169,11 +167,8 @@ def default_adapter_targets(model: nn.Module, adapter_type: str) -> list[str]:
 class AdapterTuner(Tuner):
     peft_type = "BOTTLENECK_ADAPTER"
 
-    def inject(self, model: nn.Module, config: AdapterConfig, adapter_name: str) -> None:
+    layer_class = BottleneckAdapterLayer
+
+    def target_names(self, model: nn.Module, config: AdapterConfig) -> list[str]:
         targets = config.target_modules or default_adapter_targets(model, config.adapter_type)
-        for name in find_target_modules(model, targets, allowed_types=(nn.Linear,)):
-            module = model.get_submodule(name)
-            if not isinstance(module, BottleneckAdapterLayer):
-                module = BottleneckAdapterLayer(module)
-                replace_module(model, name, module)
-            module.add(adapter_name, config)
+        return find_target_modules(model, targets, allowed_types=(nn.Linear,))

@@ -34,16 +34,16 @@ import warnings
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM
+from transformers.pytorch_utils import Conv1D
 
 from .config import PeftConfig, register_config
-from .tuners import (AdapterLayer, Tuner, find_target_modules, linear_types, module_device, module_dtype,
-                     register_tuner, replace_module)
+from .tuners import (AdapterLayer, Tuner, candidate_layers, find_target_modules, linear_types, module_device,
+                     module_dtype, register_tuner)
 
 
 def linear_like_types() -> tuple[type, ...]:
     """Linear layers (incl. 4-bit ones) and transformers' Conv1D (GPT-2's linear layer)."""
-    from transformers.pytorch_utils import Conv1D
-
     return linear_types() + (Conv1D,)
 
 
@@ -105,9 +105,10 @@ class BitFitLayer(AdapterLayer):
         base_layer.register_buffer("bias", None if own_bias is None else own_bias.detach())
         self.bitfit_bias = nn.ParameterDict()
 
-    def add(self, adapter_name: str) -> None:
+    def add(self, adapter_name: str, config: BitFitConfig | None = None) -> None:
         """Start from the layer's own bias (so the model is unchanged), or from zeros where it has none.
-        Kept in float32 on a bf16/fp16 base (as peft does with adapter tensors): small updates survive."""
+        Kept in float32 on a bf16/fp16 base (as peft does with adapter tensors): small updates survive.
+        ``config`` is what every method's ``add`` receives; a bias needs no per-adapter setting from it."""
         own = self.base_layer.bias if not self.merged else self._unmerged_bias
         dtype = torch.float64 if module_dtype(self.base_layer) == torch.float64 else torch.float32
         if own is not None:
@@ -170,7 +171,7 @@ def bitfit_target_names(model: nn.Module, config: BitFitConfig) -> list[str]:
         allowed = linear if config.target_modules == "all-linear" else types
         names = find_target_modules(model, config.target_modules, allowed_types=allowed)
     else:
-        names = [name for name, module in _top_level_layers(model, types) if _has_bias(module)]
+        names = [name for name, module in candidate_layers(model, types).items() if _has_bias(module)]
         if config.add_missing_biases:
             names = list(dict.fromkeys(names + find_target_modules(model, "all-linear", allowed_types=linear)))
         order = {name: i for i, (name, _) in enumerate(model.named_modules())}
@@ -187,20 +188,6 @@ def bitfit_target_names(model: nn.Module, config: BitFitConfig) -> list[str]:
     return names
 
 
-def _top_level_layers(model: nn.Module, types):
-    """(name, module) for layers of ``types``, an already wrapped layer counting as its base layer."""
-    inside = None
-    for name, module in model.named_modules():
-        if inside and name.startswith(inside):
-            continue
-        if isinstance(module, AdapterLayer):
-            inside = name + "."
-            if isinstance(module.base_layer, types):
-                yield name, module
-        elif isinstance(module, types):
-            yield name, module
-
-
 def _has_bias(module: nn.Module) -> bool:
     return module.had_bias if isinstance(module, BitFitLayer) else getattr(module, "bias", None) is not None
 
@@ -209,13 +196,10 @@ def _has_bias(module: nn.Module) -> bool:
 class BitFitTuner(Tuner):
     peft_type = "BITFIT"
 
-    def inject(self, model: nn.Module, config: BitFitConfig, adapter_name: str) -> None:
-        for name in bitfit_target_names(model, config):
-            module = model.get_submodule(name)
-            if not isinstance(module, BitFitLayer):
-                module = BitFitLayer(module)
-                replace_module(model, name, module)
-            module.add(adapter_name)
+    layer_class = BitFitLayer
+
+    def target_names(self, model: nn.Module, config: BitFitConfig) -> list[str]:
+        return bitfit_target_names(model, config)
 
     def after_unload(self, model: nn.Module) -> None:
         """Declare added biases in a Llama-style config (``attention_bias``, ``mlp_bias``): otherwise
@@ -241,8 +225,6 @@ class BitFitTuner(Tuner):
 def undeclared_biases(model: nn.Module) -> list[str]:
     """Modules of ``model`` that have a bias but that transformers would build without one from
     ``model.config`` (built on the meta device): biases a saved and reloaded copy would lose."""
-    from transformers import AutoModelForCausalLM
-
     config = getattr(model, "config", None)
     if config is None:
         return []

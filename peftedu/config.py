@@ -1,4 +1,5 @@
-"""Adapter configs: one dataclass per method, saved as peft's ``adapter_config.json``.
+"""Adapter configs: one dataclass per method, saved as peft's ``adapter_config.json``; and the package's one
+check of numeric arguments (:func:`check_number`).
 
 Every method's config subclasses :class:`PeftConfig` and sets ``peft_type`` (the same string HF peft
 uses, so a config written here is read by ``peft.PeftConfig.from_pretrained`` and vice versa).
@@ -130,14 +131,59 @@ def _is_off(value) -> bool:
     return any(value == off and type(value) is type(off) for off in _OFF_VALUES)
 
 
-def check_positive(name: str, value, kind: str = "an integer") -> None:
-    """Raise a ValueError that says what was wrong and what would be right.
+def check_number(name: str, value, *, integer: bool = False, at_least: float | None = None,
+                 below: float | None = None) -> None:
+    """The package's one check of a numeric argument: a ValueError that says what was wrong and what would be right.
 
-    ``kind="an integer"`` (ranks, token and layer counts) refuses fractions such as ``r=2.5``: torch would
-    fail later, far from the mistake. ``kind="a number"`` (``lora_alpha``, rates) takes any positive real.
+    By default ``value`` must be positive (> 0): ``check_number("lora_alpha", 16)``. ``integer=True`` (ranks, token
+    and layer counts) refuses fractions such as ``r=2.5``: torch would fail later, far from the mistake.
+    ``at_least=0`` allows zero (``weight_decay``); ``below=1`` with ``at_least=0`` is a probability such as a
+    dropout rate, in [0, 1). Booleans are refused everywhere (``True`` is not a rank).
     """
-    integer = kind.split()[-1] == "integer"
+    word = "integer" if integer else "number"
     allowed = numbers.Integral if integer else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, allowed) or value <= 0:
-        hint = " (a count of ranks, tokens or layers is a whole number)" if integer and isinstance(value, float) else ""
-        raise ValueError(f"{name} must be a positive {kind.split()[-1]}, got {value!r}{hint}.")
+    low_ok = (value >= at_least if at_least is not None else value > 0) if isinstance(value, numbers.Real) else False
+    ok = not isinstance(value, bool) and isinstance(value, allowed) and low_ok and (below is None or value < below)
+    if ok:
+        return
+    if below is not None:
+        raise ValueError(f"{name} must be in [{at_least if at_least is not None else 0}, {below}), got {value!r}.")
+    if at_least is not None:
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'} >= {at_least}, got {value!r}.")
+    hint = " (a count of ranks, tokens or layers is a whole number)" if integer and isinstance(value, float) else ""
+    raise ValueError(f"{name} must be a positive {word}, got {value!r}{hint}.")
+
+
+@dataclasses.dataclass
+class PromptLearningConfig(PeftConfig):
+    """Fields HF peft's prompt methods share (prompt tuning, P-tuning, prefix tuning), as peft declares them in
+    its ``PromptLearningConfig``. ``token_dim``, ``num_layers`` and ``num_attention_heads`` are filled from the
+    model when the adapter is added; what each means for a method is said in the method's config docstring."""
+
+    is_prompt_learning: ClassVar[bool] = True
+    num_virtual_tokens: int | None = dataclasses.field(default=None, metadata={"help": (
+        "The number p of virtual tokens: the soft prompt's length (prompt tuning, Lester et al. 2021; P-tuning, Liu "
+        "et al. 2021) or the prefix length, the paper's |P_idx| (prefix tuning, Li & Liang 2021). Required: a "
+        "positive integer (the default None is an error).")})
+    token_dim: int | None = dataclasses.field(default=None, metadata={"help": (
+        "The width of one virtual token: the embedding width d (prompt tuning, P-tuning), or the key/value width "
+        "kv_heads × head_dim (prefix tuning; smaller than d with grouped-query attention). Default None: filled from "
+        "the model when the adapter is added; a different value is an error.")})
+    num_layers: int | None = dataclasses.field(default=None, metadata={"help": (
+        "The model's number L of transformer layers: each gets its own prefix (prefix tuning); recorded for peft "
+        "only (prompt tuning, P-tuning). Default None: filled from the model's config when the adapter is added.")})
+    num_attention_heads: int | None = dataclasses.field(default=None, metadata={"help": (
+        "Attention heads, as peft stores them: the key/value heads the prefix is split into (prefix tuning); recorded "
+        "for peft only (prompt tuning, P-tuning). Default None: filled from the model's config when the adapter is "
+        "added.")})
+    num_transformer_submodules: int | None = dataclasses.field(default=1, metadata={"help": (
+        "peft's count of transformer stacks (2 for encoder-decoder models). peftedu builds decoder-only models, so "
+        "it must be 1 (default) or None.")})
+    position_convention: str = position_convention_field()  # "peftedu" or "peft": see POSITION_CONVENTIONS
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_number("num_virtual_tokens", self.num_virtual_tokens, integer=True)
+        check_position_convention(self.position_convention)
+        if self.num_transformer_submodules not in (None, 1):
+            raise ValueError("num_transformer_submodules must be 1: peftedu builds decoder-only causal LMs.")

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from .config import PeftConfig, register_config
-from .tuners import (AdapterLayer, Tuner, default_for_architecture, find_target_modules, module_device,
-                     register_tuner, replace_module)
+from .tuners import (AdapterLayer, Tuner, default_for_architecture, find_target_modules, matches_name,
+                     module_device, register_tuner)
 
 # peft's TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING / ..._FEEDFORWARD_MODULES_MAPPING (model_type -> names)
 IA3_TARGET_MODULES = {"llama": ["k_proj", "v_proj", "down_proj"], "mistral": ["k_proj", "v_proj", "down_proj"],
@@ -93,7 +93,7 @@ class IA3Config(PeftConfig):
 def is_feedforward(name: str, feedforward_modules) -> bool:
     if isinstance(feedforward_modules, str):
         return re.fullmatch(feedforward_modules, name) is not None
-    return any(name == f or name.endswith("." + f) for f in feedforward_modules or [])
+    return any(matches_name(name, f) for f in feedforward_modules or [])
 
 
 class IA3Linear(AdapterLayer):
@@ -184,7 +184,10 @@ class IA3Linear(AdapterLayer):
 class IA3Tuner(Tuner):
     peft_type = "IA3"
 
-    def inject(self, model: nn.Module, config: IA3Config, adapter_name: str) -> None:
+    layer_class = IA3Linear
+
+    def target_names(self, model: nn.Module, config: IA3Config) -> list[str]:
+        """The targets, defaults filled per architecture; every feedforward entry must be among them."""
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         if config.target_modules is None:
             if model_type not in IA3_TARGET_MODULES:
@@ -203,12 +206,12 @@ class IA3Tuner(Tuner):
         if unused:
             raise ValueError(f"feedforward_modules entries {unused} match none of the targeted layers "
                              f"(e.g. {names[:3]}); a feed-forward module must be one of the targets.")
-        for name in names:
-            module, feedforward = model.get_submodule(name), is_feedforward(name, ff)
-            if not isinstance(module, IA3Linear):
-                module = IA3Linear(module, feedforward)
-                replace_module(model, name, module)
-            elif module.is_feedforward != feedforward:
-                raise ValueError(f"{name} is {'' if module.is_feedforward else 'not '}a feed-forward module for the "
-                                 "existing adapters; every adapter must scale the same side of a layer.")
-            module.add(adapter_name, config)
+        return names
+
+    def create_layer(self, module: nn.Module, name: str, config: IA3Config) -> IA3Linear:
+        return IA3Linear(module, is_feedforward(name, config.feedforward_modules))
+
+    def check_layer(self, layer: IA3Linear, name: str, config: IA3Config) -> None:
+        if layer.is_feedforward != is_feedforward(name, config.feedforward_modules):
+            raise ValueError(f"{name} is {'' if layer.is_feedforward else 'not '}a feed-forward module for the "
+                             "existing adapters; every adapter must scale the same side of a layer.")

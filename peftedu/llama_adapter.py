@@ -36,8 +36,8 @@ import math
 import torch
 from torch import nn
 
-from .config import PeftConfig, check_positive, register_config
-from .tuners import AdapterLayer, Tuner, module_device, register_tuner, replace_module
+from .config import PeftConfig, check_number, register_config
+from .tuners import AdapterLayer, Tuner, candidate_layers, matches_name, module_device, register_tuner
 
 
 @register_config
@@ -58,8 +58,8 @@ class AdaptionPromptConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        check_positive("adapter_len", self.adapter_len)
-        check_positive("adapter_layers", self.adapter_layers)
+        check_number("adapter_len", self.adapter_len, integer=True)
+        check_number("adapter_layers", self.adapter_layers, integer=True)
         if self.target_modules is None:
             self.target_modules = "self_attn"
         if not isinstance(self.target_modules, str):
@@ -145,9 +145,11 @@ class AdaptedAttention(AdapterLayer):
 class AdaptionPromptTuner(Tuner):
     peft_type = "ADAPTION_PROMPT"
 
-    def inject(self, model: nn.Module, config: AdaptionPromptConfig, adapter_name: str) -> None:
-        suffix = "." + config.target_modules
-        names = [n for n, m in model.named_modules() if n.endswith(suffix) and ".base_layer" not in n]
+    layer_class = AdaptedAttention
+
+    def target_names(self, model: nn.Module, config: AdaptionPromptConfig) -> list[str]:
+        """The top ``adapter_layers`` attention modules named ``target_modules``, as in the paper."""
+        names = [n for n in candidate_layers(model, (nn.Module,)) if matches_name(n, config.target_modules)]
         if not names:
             raise ValueError(f"target_modules={config.target_modules!r} matches no module of "
                              f"{type(model).__name__}; LLaMA-Adapter wraps Llama-style attention modules "
@@ -156,9 +158,4 @@ class AdaptionPromptTuner(Tuner):
         if len(names) < config.adapter_layers:
             raise ValueError(f"adapter_layers={config.adapter_layers} but the model has only {len(names)} "
                              f"'{config.target_modules}' layers; pick at most {len(names)}.")
-        for name in names[-config.adapter_layers:]:  # the top layers, as in the paper
-            module = model.get_submodule(name)
-            if not isinstance(module, AdaptedAttention):
-                module = AdaptedAttention(module)
-                replace_module(model, name, module)
-            module.add(adapter_name, config)
+        return names[-config.adapter_layers:]

@@ -22,9 +22,9 @@ import math
 import torch
 from torch import nn
 
-from .config import PeftConfig, check_positive, register_config
-from .tuners import (AdapterLayer, Tuner, default_for_architecture, find_target_modules, module_device,
-                     register_tuner, replace_module)
+from .config import PeftConfig, check_number, register_config
+from .dora import DoraMagnitude
+from .tuners import AdapterLayer, Tuner, default_for_architecture, module_device, module_dtype, register_tuner
 
 
 # model_type -> (the LoRA paper's query/value choice, every attention projection). The first list is HF peft's
@@ -43,8 +43,8 @@ def default_lora_targets(model_or_type, which: str = "qv") -> list[str]:
         raise ValueError(f"which must be 'qv' or 'attention', got {which!r}.")
     qv, attention = default_for_architecture(
         LORA_TARGET_MODULES, model_or_type, "LoRA target_modules",
-        "pass target_modules=[...] with the names of its linear layers (peftedu.explorers.linear_suffixes lists "
-        "them) or 'all-linear'.")
+        "pass target_modules=[...] with the names of its linear layers (the error of a wrong name lists them) or "
+        "'all-linear'.")
     return list(qv if which == "qv" else attention)
 
 
@@ -81,10 +81,9 @@ class LoraConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        check_positive("r", self.r)
-        check_positive("lora_alpha", self.lora_alpha, "a number")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
+        check_number("r", self.r, integer=True)
+        check_number("lora_alpha", self.lora_alpha)
+        check_number("lora_dropout", self.lora_dropout, at_least=0, below=1)
         if self.target_modules is None:
             raise ValueError("target_modules is required: e.g. ['q_proj', 'v_proj'], a regex, or 'all-linear'.")
         if isinstance(self.target_modules, (set, tuple)):
@@ -109,11 +108,13 @@ class LoraLinear(AdapterLayer):
         self.lora_dropout = nn.ModuleDict()
         self.lora_magnitude_vector = nn.ModuleDict()  # DoRA only
         self.scaling: dict[str, float] = {}
+        #: per merged adapter, the base weight to restore on unmerge (DoRA), or None (LoRA: subtract the delta)
+        self._undo: list[torch.Tensor | None] = []
 
     def add(self, adapter_name: str, config: LoraConfig) -> None:
         device = module_device(self.base_layer)
         # fp32 adapter tensors on a bf16/fp16 base, as peft (autocast_adapter_dtype=True): stable training
-        dtype = torch.float64 if _float_dtype(self.base_layer) == torch.float64 else torch.float32
+        dtype = torch.float64 if module_dtype(self.base_layer) == torch.float64 else torch.float32
         self.lora_A[adapter_name] = nn.Linear(self.in_features, config.r, bias=False, device=device, dtype=dtype)
         self.lora_B[adapter_name] = nn.Linear(config.r, self.out_features, bias=False, device=device, dtype=dtype)
         self.lora_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout else nn.Identity()
@@ -122,8 +123,6 @@ class LoraLinear(AdapterLayer):
             nn.init.kaiming_uniform_(self.lora_A[adapter_name].weight, a=math.sqrt(5))
             nn.init.zeros_(self.lora_B[adapter_name].weight)
         if config.use_dora:
-            from .dora import DoraMagnitude
-
             self.lora_magnitude_vector[adapter_name] = DoraMagnitude.from_layer(self, adapter_name)
 
     def delete_adapter(self, name: str) -> None:
@@ -182,7 +181,6 @@ class LoraLinear(AdapterLayer):
                 new_weight = self.lora_magnitude_vector[name].merged_weight(self, name)
             else:
                 new_weight = (self.base_weight() + self.delta_weight(name)).to(self.base_weight().dtype)
-            self._undo = getattr(self, "_undo", [])
             self._undo.append(self.base_weight().detach().clone() if name in self.lora_magnitude_vector else None)
             self._set_base_weight(new_weight)
             self.merged_adapters.append(name)
@@ -204,28 +202,10 @@ class LoraLinear(AdapterLayer):
                 self.base_layer.weight.data.copy_(weight)
 
 
-def _float_dtype(module: nn.Module) -> torch.dtype:
-    dtype = getattr(module, "compute_dtype", None)
-    if dtype is not None:
-        return dtype
-    for p in module.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
-
-
 @register_tuner
 class LoraTuner(Tuner):
     peft_type = "LORA"
     layer_class = LoraLinear
-
-    def inject(self, model: nn.Module, config: LoraConfig, adapter_name: str) -> None:
-        for name in find_target_modules(model, config.target_modules):
-            module = model.get_submodule(name)
-            if not isinstance(module, self.layer_class):
-                module = self.layer_class(module)
-                replace_module(model, name, module)
-            module.add(adapter_name, config)
 
     def named_adapter_tensors(self, peft_model, adapter_name: str) -> dict[str, torch.Tensor]:
         # peft saves DoRA's magnitude as "<layer>.lora_magnitude_vector", without ".weight" (its older layout)

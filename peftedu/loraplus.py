@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .config import check_number
 from .tuners import AdapterLayer
 
 
@@ -52,10 +53,8 @@ def create_loraplus_optimizer(model: nn.Module, optimizer_cls: type[torch.optim.
         weight_decay = kwargs.pop("loraplus_weight_decay")
     for name, value in (("lr", lr), ("loraplus_lr_ratio", loraplus_lr_ratio),
                         ("loraplus_lr_embedding", loraplus_lr_embedding)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError(f"{name} must be a positive number, got {value!r}.")
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
-        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}.")
+        check_number(name, value)
+    check_number("weight_decay", weight_decay, at_least=0)
     groups = loraplus_param_groups(model)
     if not groups["groupA"] and not groups["groupB"] and not groups["groupB_no_decay"] and not groups["embedding"]:
         raise ValueError("The model has no parameter with requires_grad=True: nothing to optimize.")

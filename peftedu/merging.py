@@ -27,6 +27,8 @@ import math
 
 import torch
 
+from .config import check_number
+
 COMBINATION_TYPES = ("svd", "linear", "cat")
 
 
@@ -120,8 +122,7 @@ def _check(peft_model, adapters, weights, adapter_name, combination_type, svd_ra
     if svd_rank is not None:
         if combination_type != "svd" or len(adapters) == 1:
             raise ValueError("svd_rank is used by combination_type='svd' with two or more adapters only.")
-        if isinstance(svd_rank, bool) or not isinstance(svd_rank, int) or svd_rank <= 0:
-            raise ValueError(f"svd_rank must be a positive integer, got {svd_rank!r}.")
+        check_number("svd_rank", svd_rank, integer=True)
     return configs
 
 

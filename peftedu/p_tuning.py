@@ -35,8 +35,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from .config import check_positive, register_config
-from .prompt_tuning import PromptLearningConfig, PromptTuningTuner
+from .config import PromptLearningConfig, check_number, register_config
+from .prompt_tuning import PromptTuningTuner
 from .tuners import module_device, register_tuner
 
 ENCODER_TYPES = ("MLP", "LSTM")
@@ -70,10 +70,9 @@ class PromptEncoderConfig(PromptLearningConfig):
                              f"got {self.encoder_reparameterization_type!r}.")
         if self.encoder_hidden_size is None:
             raise ValueError("encoder_hidden_size is required (peft has no default), e.g. encoder_hidden_size=128.")
-        check_positive("encoder_hidden_size", self.encoder_hidden_size)
-        check_positive("encoder_num_layers", self.encoder_num_layers)
-        if not 0.0 <= self.encoder_dropout < 1.0:
-            raise ValueError(f"encoder_dropout must be in [0, 1), got {self.encoder_dropout!r}.")
+        check_number("encoder_hidden_size", self.encoder_hidden_size, integer=True)
+        check_number("encoder_num_layers", self.encoder_num_layers, integer=True)
+        check_number("encoder_dropout", self.encoder_dropout, at_least=0, below=1)
         if self.encoder_reparameterization_type == "MLP" and (self.encoder_num_layers != 2 or self.encoder_dropout):
             raise ValueError("The MLP encoder always has 3 linear layers and no dropout (as in peft): "
                              "encoder_num_layers and encoder_dropout apply to the LSTM only; leave them at 2 and 0.")

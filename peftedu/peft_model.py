@@ -19,7 +19,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import POSITION_METADATA_KEY, PeftConfig, check_position_convention
-from .tuners import AdapterLayer, ModulesToSaveWrapper, get_tuner
+from .counting import count_parameters, print_trainable_parameters
+from .merging import add_weighted_adapter
+from .tuners import AdapterLayer, ModulesToSaveWrapper, get_tuner, replace_module, wrap_modules_to_save
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 
@@ -54,12 +56,10 @@ class PeftModel(nn.Module):
         tuner = get_tuner(config.peft_type)
         self.peft_config[adapter_name] = config
         try:
-            # Layer methods change modules inside the base model; prompt methods keep their encoders on
-            # the wrapper (``self.prompt_encoder[adapter_name]``, as HF peft does), so they get the wrapper.
-            tuner.inject(self if tuner.is_prompt_learning else self.base_model, config, adapter_name)
+            # Layer methods change modules inside self.base_model; prompt methods keep their encoders on
+            # the wrapper (``self.prompt_encoder[adapter_name]``, as HF peft does).
+            tuner.inject(self, config, adapter_name)
             if getattr(config, "modules_to_save", None):
-                from .tuners import wrap_modules_to_save
-
                 wrap_modules_to_save(self.base_model, config.modules_to_save, adapter_name)
         except Exception:
             del self.peft_config[adapter_name]
@@ -158,20 +158,16 @@ class PeftModel(nn.Module):
                 raise
             # methods a tuner offers on the model itself, e.g. AdaLoRA's update_and_allocate(step)
             config = self.__dict__.get("peft_config", {}).get(self.__dict__.get("active_adapter"))
-            if config is not None and name in getattr(get_tuner(config.peft_type), "model_methods", ()):
+            if config is not None and name in get_tuner(config.peft_type).model_methods:
                 method = getattr(get_tuner(config.peft_type), name)
                 return lambda *args, **kwargs: method(self, *args, **kwargs)
             return getattr(self.base_model, name)
 
     # ------------------------------------------------------------------ counting
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        from .counting import count_parameters
-
         return count_parameters(self)
 
     def print_trainable_parameters(self) -> None:
-        from .counting import print_trainable_parameters
-
         print_trainable_parameters(self)
 
     # ------------------------------------------------------------------ merging
@@ -211,14 +207,10 @@ class PeftModel(nn.Module):
 
     def add_weighted_adapter(self, adapters, weights, adapter_name, combination_type="svd", svd_rank=None) -> None:
         """Add a LoRA adapter combining ``adapters`` with ``weights`` (see :mod:`peftedu.merging`)."""
-        from .merging import add_weighted_adapter
-
         add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, svd_rank)
 
     def unload(self) -> nn.Module:
         """Remove every adapter layer, putting the (possibly merged) base layers back."""
-        from .tuners import replace_module
-
         model = self.base_model
         for name, module in list(model.named_modules()):
             if isinstance(module, ModulesToSaveWrapper):
@@ -237,8 +229,7 @@ class PeftModel(nn.Module):
         state = {k: v.detach().to("cpu").contiguous().clone()
                  for k, v in self.tuner.named_adapter_tensors(self, adapter_name).items()}
         # a tuner may save something other than its live tensors (AdaLoRA: only the kept ranks)
-        return self.tuner.translate_saved_state(self, state, adapter_name) \
-            if hasattr(self.tuner, "translate_saved_state") else state
+        return self.tuner.translate_saved_state(self, state, adapter_name)
 
     def save_pretrained(self, directory: str | Path, selected_adapters: list[str] | None = None) -> None:
         """peft's layout: the default adapter at the top, any other in a sub-folder of its name."""
@@ -264,8 +255,7 @@ class PeftModel(nn.Module):
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor], adapter_name: str) -> None:
         """Copy saved tensors into an adapter built from the same config; every mismatch is an error."""
         # translate first: it may reshape the adapter to fit the file (AdaLoRA's rank_pattern)
-        state = self.tuner.translate_loaded_state(self, state, adapter_name) \
-            if hasattr(self.tuner, "translate_loaded_state") else state
+        state = self.tuner.translate_loaded_state(self, state, adapter_name)
         live = self.tuner.named_adapter_tensors(self, adapter_name)
         missing = sorted(set(live) - set(state))
         unexpected = sorted(set(state) - set(live))

@@ -59,21 +59,19 @@ import inspect
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
-from .config import PeftConfig, check_position_convention, check_positive, position_convention_field, register_config
+from .config import PromptLearningConfig, check_number, register_config
 from .tuners import Tuner, module_device, register_tuner
 
 
 @register_config
 @dataclasses.dataclass
-class PrefixTuningConfig(PeftConfig):
-    """peft's ``PrefixTuningConfig``; num_layers/token_dim/num_attention_heads are filled from the model."""
+class PrefixTuningConfig(PromptLearningConfig):
+    """peft's ``PrefixTuningConfig``. num_layers, token_dim (kv_heads × head_dim) and num_attention_heads (the key/value
+    heads) are filled from the model; a prefix is L × 2 × p vectors of token_dim, one key and one value per layer."""
 
     peft_type = "PREFIX_TUNING"
-    is_prompt_learning = True
-    num_virtual_tokens: int | None = dataclasses.field(default=None, metadata={"help": (
-        "The prefix length p, the paper's |P_idx| (Li & Liang 2021): key/value vectors prepended in every attention "
-        "layer. Required: a positive integer (the default None is an error).")})
     prefix_projection: bool = dataclasses.field(default=False, metadata={"help": (
         "True: Li & Liang's reparameterisation, the prefix made by an MLP (Embedding(p, token_dim) -> Linear -> Tanh "
         "-> Linear), more stable to train. False (default): the prefix itself is trained (P-tuning v2, Liu et al. "
@@ -84,30 +82,13 @@ class PrefixTuningConfig(PeftConfig):
     init_weights: str | None = dataclasses.field(default=None, metadata={"help": (
         "How the prefix parameters start: None (default) random (N(0, 1) embeddings, default Linear init, as peft), "
         "or 'zero' (peft's option: the prefix starts as a no-op).")})
-    num_layers: int | None = dataclasses.field(default=None, metadata={"help": (
-        "The number L of transformer layers, each getting its own prefix. Default None: filled from the model when "
-        "the adapter is added; a different value is an error.")})
-    token_dim: int | None = dataclasses.field(default=None, metadata={"help": (
-        "The key/value width kv_heads × head_dim of one prefix vector (with grouped-query attention smaller than the "
-        "hidden size). Default None: filled from the model when the adapter is added.")})
-    num_attention_heads: int | None = dataclasses.field(default=None, metadata={"help": (
-        "The number of key/value heads the prefix is split into (peft stores the kv heads here, not the query "
-        "heads). Default None: filled from the model when the adapter is added.")})
-    num_transformer_submodules: int | None = dataclasses.field(default=1, metadata={"help": (
-        "peft's count of transformer stacks (2 for encoder-decoder models). peftedu builds decoder-only models, so "
-        "it must be 1 (default) or None.")})
-    position_convention: str = position_convention_field()  # "peftedu" or "peft": see config.POSITION_CONVENTIONS
 
     def __post_init__(self):
         super().__post_init__()
-        check_positive("num_virtual_tokens", self.num_virtual_tokens)
-        check_position_convention(self.position_convention)
         if self.encoder_hidden_size is not None:
-            check_positive("encoder_hidden_size", self.encoder_hidden_size)
+            check_number("encoder_hidden_size", self.encoder_hidden_size, integer=True)
         if self.init_weights not in (None, "zero"):
             raise ValueError(f"init_weights must be None (random) or 'zero', got {self.init_weights!r}.")
-        if self.num_transformer_submodules not in (None, 1):
-            raise ValueError("num_transformer_submodules must be 1: peftedu builds decoder-only causal LMs.")
 
 
 def prefix_geometry(model_config) -> dict[str, int]:
@@ -199,7 +180,6 @@ class PrefixEncoder(nn.Module):
 @register_tuner
 class PrefixTuningTuner(Tuner):
     peft_type = "PREFIX_TUNING"
-    is_prompt_learning = True
 
     def inject(self, peft_model, config: PrefixTuningConfig, adapter_name: str) -> None:
         model = peft_model.base_model
@@ -244,8 +224,6 @@ class PrefixTuningTuner(Tuner):
     # ------------------------------------------------------------------ running
     def prefix_cache(self, peft_model, batch: int, adapter_name: str | None = None):
         """A fresh ``DynamicCache`` holding the prefix keys/values of every layer for ``batch`` rows."""
-        from transformers import DynamicCache
-
         adapter_name = adapter_name or peft_model.active_adapter
         config, model = peft_model.peft_config[adapter_name], peft_model.base_model
         flat = peft_model.prompt_encoder[adapter_name]().to(model.dtype)

@@ -53,43 +53,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoTokenizer
 
-from .config import PeftConfig, check_position_convention, check_positive, position_convention_field, register_config
+from .config import PromptLearningConfig, register_config
 from .prefix_tuning import positions_from_mask
 from .tuners import Tuner, module_device, register_tuner
 
 INITS = ("RANDOM", "TEXT", "SAMPLE_VOCAB")
-
-
-@dataclasses.dataclass
-class PromptLearningConfig(PeftConfig):
-    """Fields peft's prompt methods share. ``token_dim``, ``num_layers``, ``num_attention_heads`` are filled
-    from the model when the adapter is added (only ``token_dim``, the embedding width d, is used here)."""
-
-    is_prompt_learning = True
-    num_virtual_tokens: int | None = dataclasses.field(default=None, metadata={"help": (
-        "The soft prompt length p (Lester et al. 2021; P-tuning, Liu et al. 2021): trainable vectors prepended to "
-        "the input embeddings. Required: a positive integer (the default None is an error).")})
-    token_dim: int | None = dataclasses.field(default=None, metadata={"help": (
-        "The embedding width d of each prompt vector. Default None: filled from the model's input embeddings when "
-        "the adapter is added; a different value is an error.")})
-    num_layers: int | None = dataclasses.field(default=None, metadata={"help": (
-        "The model's number of transformer layers, recorded for peft (unused by these methods). Default None: filled "
-        "from the model's config when the adapter is added.")})
-    num_attention_heads: int | None = dataclasses.field(default=None, metadata={"help": (
-        "The model's number of attention heads, recorded for peft (unused by these methods). Default None: filled "
-        "from the model's config when the adapter is added.")})
-    num_transformer_submodules: int | None = dataclasses.field(default=1, metadata={"help": (
-        "peft's count of transformer stacks (2 for encoder-decoder models). peftedu builds decoder-only models, so "
-        "it must be 1 (default) or None.")})
-    position_convention: str = position_convention_field()  # "peftedu" or "peft": see config.POSITION_CONVENTIONS
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_positive("num_virtual_tokens", self.num_virtual_tokens)
-        check_position_convention(self.position_convention)
-        if self.num_transformer_submodules not in (None, 1):
-            raise ValueError("num_transformer_submodules must be 1: peftedu builds decoder-only causal LMs.")
 
 
 @register_config
@@ -163,8 +133,6 @@ def init_token_ids(config: PromptTuningConfig, vocab_size: int) -> list[int] | N
         return None
     tokenizer = config.tokenizer
     if tokenizer is None:
-        from transformers import AutoTokenizer
-
         kwargs = {k: v for k, v in (config.tokenizer_kwargs or {}).items() if k != "trust_remote_code"}
         tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path, **kwargs)
     ids = tokenizer(config.prompt_tuning_init_text)["input_ids"]

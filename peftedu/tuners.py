@@ -1,4 +1,10 @@
-"""What every method shares: finding target modules, wrapping layers, naming saved tensors.
+"""What every method shares (HF peft's ``tuners_utils``): finding target modules, wrapping layers, naming saved
+tensors.
+
+* :func:`find_target_modules` is the package's one target matcher (peft's rules: a list of name suffixes, a
+  regex for the whole name, or ``"all-linear"``); every method and the course's counters ask it, and
+  :func:`peftedu.quant.quantize_model` names its skipped modules by the same rule (:func:`matches_name`).
+* :class:`Tuner` is the method protocol; its :meth:`Tuner.inject` is the one wrap loop, changed by named hooks.
 
 Two families of methods exist and this module serves both:
 
@@ -6,7 +12,7 @@ Two families of methods exist and this module serves both:
   the model. Each wraps a target layer in a :class:`AdapterLayer` that keeps the original as
   ``base_layer`` and holds one set of new tensors per adapter name (``lora_A["default"]``...).
 * **Prompt methods** (prompt tuning, P-tuning, prefix tuning) leave the model alone and change its
-  inputs; they override :meth:`Tuner.forward` and :meth:`Tuner.generate`.
+  inputs; they override :meth:`Tuner.inject`, :meth:`Tuner.forward` and :meth:`Tuner.generate`.
 
 Saved tensor names follow HF peft so the files are interchangeable: the model's parameter name with
 ``base_model.model.`` in front and the adapter name removed
@@ -21,6 +27,8 @@ import re
 
 import torch
 from torch import nn
+
+from .quant import Linear4bit
 
 SAVED_PREFIX = "base_model.model."
 
@@ -40,16 +48,31 @@ def get_tuner(peft_type: str) -> "Tuner":
 
 
 # ----------------------------------------------------------------------------- finding targets
+# The one target matcher of the package: every method (and quantize_model, and the course's counters) asks here.
 def linear_types() -> tuple[type, ...]:
     """Layer classes a method may wrap: nn.Linear and our 4-bit linear (QLoRA)."""
-    types: list[type] = [nn.Linear]
-    try:
-        from .quant import Linear4bit
+    return (nn.Linear, Linear4bit)
 
-        types.append(Linear4bit)
-    except ImportError:  # pragma: no cover - quant is part of the package
-        pass
-    return tuple(types)
+
+def matches_name(name: str, entry: str) -> bool:
+    """peft's rule for a list entry: the whole module name, or a dotted suffix of it ("mlp.down_proj")."""
+    return name == entry or name.endswith("." + entry)
+
+
+def candidate_layers(model: nn.Module, allowed_types) -> dict[str, nn.Module]:
+    """``name -> module`` for every module of ``allowed_types``, in model order; an already wrapped layer
+    (:class:`AdapterLayer`) stands for its base layer and nothing inside it is a candidate."""
+    candidates, inside_wrapper = {}, ()
+    for name, module in model.named_modules():
+        if inside_wrapper and name.startswith(inside_wrapper):
+            continue  # the base layer and adapter tensors inside an already wrapped layer
+        if isinstance(module, AdapterLayer):
+            inside_wrapper = name + "."
+            if isinstance(module.base_layer, allowed_types):
+                candidates[name] = module
+        elif isinstance(module, allowed_types):
+            candidates[name] = module
+    return candidates
 
 
 def find_target_modules(model: nn.Module, target_modules, *, allowed_types=None, what="target_modules") -> list[str]:
@@ -61,29 +84,25 @@ def find_target_modules(model: nn.Module, target_modules, *, allowed_types=None,
     output head). Matching nothing is an error that lists the names that exist, never a silent no-op.
     """
     allowed_types = allowed_types or linear_types()
-    candidates, inside_wrapper = {}, ()
-    for name, module in model.named_modules():
-        if inside_wrapper and name.startswith(inside_wrapper):
-            continue  # the base layer and adapter tensors inside an already wrapped layer
-        if isinstance(module, AdapterLayer):
-            inside_wrapper = name + "."
-            if isinstance(module.base_layer, allowed_types):
-                candidates[name] = module
-        elif isinstance(module, allowed_types):
-            candidates[name] = module
+    candidates = candidate_layers(model, allowed_types)
+    hint = ""
     if target_modules == "all-linear":
         output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         names = [name for name, module in candidates.items()
                  if module is not output and getattr(module, "base_layer", None) is not output]
     elif isinstance(target_modules, str):
         names = [name for name in candidates if re.fullmatch(target_modules, name)]
-    elif isinstance(target_modules, (list, tuple, set, frozenset)) and target_modules:
+        hint = (" A string is a regular expression that must match the whole name "
+                "(e.g. r'.*\\.(q_proj|v_proj)'); a list of names matches suffixes.")
+    elif isinstance(target_modules, (list, tuple, set, frozenset)) and target_modules \
+            and all(isinstance(t, str) and t for t in target_modules):
         targets = set(target_modules)
-        names = [name for name in candidates if any(_matches_suffix(name, t) for t in targets)]
-        unused = sorted(t for t in targets if not any(_matches_suffix(n, t) for n in names))
+        names = [name for name in candidates if any(matches_name(name, t) for t in targets)]
+        unused = sorted(t for t in targets if not any(matches_name(n, t) for n in names))
+        hint = _wrong_type_hint(model, unused, allowed_types)
         if names and unused:
             raise ValueError(f"{what} entries {unused} match no module; the rest matched. Known layer names: "
-                             f"{_short_names(candidates)}.")
+                             f"{_short_names(candidates)}.{hint}")
     else:
         raise ValueError(f"{what} must be a non-empty list of names, a regex string or 'all-linear'; "
                          f"got {target_modules!r}.")
@@ -92,14 +111,17 @@ def find_target_modules(model: nn.Module, target_modules, *, allowed_types=None,
             f"{what}={target_modules!r} matched no module of type "
             f"{'/'.join(t.__name__ for t in allowed_types)} in {type(model).__name__}. "
             f"Layer names that exist: {_short_names(candidates)} (full names look like "
-            f"{next(iter(candidates), '<none>')!r})."
+            f"{next(iter(candidates), '<none>')!r}).{hint}"
         )
     return names
 
 
-def _matches_suffix(name: str, target: str) -> bool:
-    """peft's rule for a list entry: the whole name, or a dotted suffix of it ("mlp.down_proj")."""
-    return name == target or name.endswith("." + target)
+def _wrong_type_hint(model: nn.Module, entries, allowed_types) -> str:
+    """For entries that name modules of another type (``"mlp"`` is a LlamaMLP): say so, as peft does."""
+    found = sorted({type(module).__name__ for name, module in model.named_modules()
+                    if any(matches_name(name, e) for e in entries) and not isinstance(module, allowed_types)})
+    return (f" {entries} name modules of type {found}, which this method does not wrap: name the "
+            f"{'/'.join(t.__name__ for t in allowed_types)} layers inside them.") if found else ""
 
 
 def _short_names(candidates) -> list[str]:
@@ -131,6 +153,11 @@ def module_device(module: nn.Module) -> torch.device:
 
 
 def module_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype a layer computes in: a 4-bit layer's ``compute_dtype``, else its first float parameter's
+    dtype, else float32."""
+    dtype = getattr(module, "compute_dtype", None)
+    if dtype is not None:
+        return dtype
     for tensor in module.parameters():
         if tensor.is_floating_point():
             return tensor.dtype
@@ -194,9 +221,6 @@ class AdapterLayer(nn.Module):
         """The module that takes this wrapper's place on ``unload()`` (merged or not): the base layer."""
         return self.base_layer
 
-    def _base_forward(self, x, *args, **kwargs):
-        return self.base_layer(x, *args, **kwargs)
-
 
 class ModulesToSaveWrapper(AdapterLayer):
     """A fully trainable copy of a module (peft's ``modules_to_save``), one copy per adapter."""
@@ -247,18 +271,53 @@ def wrap_modules_to_save(model: nn.Module, names, adapter_name: str) -> None:
 
 # ----------------------------------------------------------------------------- the method protocol
 class Tuner:
-    """One per method. The layer-method defaults below serve LoRA, IA3, adapters ...;
-    prompt methods override ``inject``, ``named_adapter_tensors``, ``forward`` and ``generate``.
+    """One per method: HF peft's ``BaseTuner``, reduced to what the methods here need.
 
-    ``inject`` receives the base model for layer methods and the :class:`~peftedu.peft_model.PeftModel`
-    itself for prompt methods (``is_prompt_learning = True``), which register their encoders there as
-    ``peft_model.prompt_encoder[adapter_name]`` (HF peft's parameter names)."""
+    **Layer methods** name their wrapper in ``layer_class`` and inherit :meth:`inject`, the one wrap loop of
+    the package: find the targets, wrap each layer not wrapped yet, add the adapter's tensors to it. A method
+    changes a step by overriding a hook; each defaults to the common case: :meth:`target_names` (the config's
+    ``target_modules`` among linear layers), :meth:`create_layer` (``layer_class(module)``) and
+    :meth:`check_layer` (nothing to check).
+
+    **Prompt methods** (``is_prompt_learning = True``) leave the model's modules alone: they override
+    :meth:`inject` to register their encoders on the :class:`~peftedu.peft_model.PeftModel` as
+    ``peft_model.prompt_encoder[adapter_name]`` (HF peft's parameter names), and :meth:`forward` /
+    :meth:`generate` to feed them in.
+
+    Every method may override the saving, loading and unloading hooks (:meth:`translate_saved_state`,
+    :meth:`translate_loaded_state`, :meth:`after_unload`) and list in ``model_methods`` the methods a
+    ``PeftModel`` forwards to it (AdaLoRA's ``update_and_allocate``).
+    """
 
     peft_type: str = ""
     is_prompt_learning = False
+    #: the wrapper a layer method puts around each target layer
+    layer_class: type[AdapterLayer] | None = None
+    #: tuner methods a PeftModel exposes as its own (``peft_model.name(*args)`` -> ``tuner.name(peft_model, *args)``)
+    model_methods: tuple[str, ...] = ()
 
-    def inject(self, model: nn.Module, config, adapter_name: str) -> None:
-        raise NotImplementedError
+    def inject(self, peft_model, config, adapter_name: str) -> None:
+        """Add adapter ``adapter_name`` to the model (peft's ``inject_adapter``): the one wrap loop."""
+        model = peft_model.base_model
+        for name in self.target_names(model, config):
+            module = model.get_submodule(name)
+            if isinstance(module, self.layer_class):
+                self.check_layer(module, name, config)
+            else:
+                module = self.create_layer(module, name, config)
+                replace_module(model, name, module)
+            module.add(adapter_name, config)
+
+    def target_names(self, model: nn.Module, config) -> list[str]:
+        """Full names of the layers to wrap, in model order (hook; default: ``config.target_modules``)."""
+        return find_target_modules(model, config.target_modules)
+
+    def create_layer(self, module: nn.Module, name: str, config) -> AdapterLayer:
+        """The wrapper for a layer met for the first time (hook; default: ``layer_class(module)``)."""
+        return self.layer_class(module)
+
+    def check_layer(self, layer: AdapterLayer, name: str, config) -> None:
+        """Raise if an already wrapped layer cannot take this adapter (hook; default: it always can)."""
 
     def layers(self, model: nn.Module) -> list[AdapterLayer]:
         return [m for m in model.modules() if isinstance(m, AdapterLayer)]
@@ -290,8 +349,16 @@ class Tuner:
                         out[f"{SAVED_PREFIX}{prefix}.{name}"] = tensor
         return out
 
+    def translate_saved_state(self, peft_model, state: dict, adapter_name: str) -> dict:
+        """The tensors to save, in peft's layout, from the live ones (hook; default: as they are)."""
+        return state
+
+    def translate_loaded_state(self, peft_model, state: dict, adapter_name: str) -> dict:
+        """The tensors to load, from a saved file's (hook; default: as they are)."""
+        return state
+
     def after_unload(self, model: nn.Module) -> None:
-        """Called by ``unload``/``merge_and_unload`` with the plain model (e.g. to update its config)."""
+        """Called by ``unload``/``merge_and_unload`` with the plain model, e.g. to update its config (hook)."""
 
     def forward(self, peft_model, *args, **kwargs):
         return peft_model.base_model(*args, **kwargs)

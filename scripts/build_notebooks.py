@@ -30,6 +30,10 @@ OUT = ROOT / "notebooks"
 CELL_MARK = re.compile(r"^# %%(?P<md> \[markdown\])?(?: tags=(?P<tags>\[.*\]))?\s*$")
 
 
+#: The kernel every notebook names and is executed with: scripts/setup.sh registers it (the course's .venv).
+KERNELSPEC = {"name": "peftedu", "display_name": "Python (peftedu)", "language": "python"}
+
+
 def parse(source: str) -> list:
     cells, kind, tags, lines = [], None, [], []
 
@@ -68,17 +72,15 @@ def parse(source: str) -> list:
 def build(path: Path, execute: bool) -> float:
     notebook = nbformat.v4.new_notebook()
     notebook.cells = parse(path.read_text())
-    notebook.metadata["kernelspec"] = {"name": "peftedu", "display_name": "Python (peftedu)", "language": "python"}
+    notebook.metadata["kernelspec"] = KERNELSPEC
     notebook.metadata["language_info"] = {"name": "python"}
     target = OUT / (path.stem + ".ipynb")
     seconds = 0.0
     if execute:
         start = time.time()
-        runner = ExecutePreprocessor(timeout=900, kernel_name="python3")
+        runner = ExecutePreprocessor(timeout=900, kernel_name=KERNELSPEC["name"])  # the kernel the notebooks name
         runner.preprocess(notebook, {"metadata": {"path": str(OUT)}})
         seconds = time.time() - start
-        notebook.metadata["kernelspec"] = {"name": "peftedu", "display_name": "Python (peftedu)",
-                                           "language": "python"}
     nbformat.write(notebook, target)
     return seconds
 

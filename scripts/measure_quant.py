@@ -18,15 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from peftedu import quant as Q  # noqa: E402
-from peftedu.course.models import load_base  # noqa: E402
+from peftedu import quant as Q
+from peftedu.course.models import load_base
+from peftedu.course.nf4_explorer import linear_weights
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 BLOCKSIZE = 64
@@ -237,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.time()
     torch.manual_seed(0)
     model, _ = load_base()
-    weights = Q.linear_weights(model)
+    weights = linear_weights(model)
     if args.layers is not None:
         if args.layers < 1:
             parser.error(f"--layers must be >= 1, got {args.layers}")

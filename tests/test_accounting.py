@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from peftedu.counting import count_parameters, format_trainable_parameters, print_trainable_parameters
-from peftedu.course.memory import GB, GIB, bits_of, estimate_training_memory, memory_table, method_memory, nf4_bits_per_param
+from peftedu.course.memory import GB, GIB, bits_of, estimate_training_memory, nf4_bits_per_param
+from peftedu.course.recipes import memory_table, method_memory
 from peftedu.course.peak_memory import measure_peak_memory
 from peftedu.course.shapes import LLAMA_SHAPES, DecoderShape, activation_memory_gb
 from peftedu.course.models import build_from_config, load_model_config

@@ -7,6 +7,7 @@ import json
 
 import peftedu.course.training as training
 from peftedu.__main__ import main
+from peftedu.course.data import load_task
 
 
 def test_tour_runs_end_to_end_and_writes_its_numbers(tmp_path, monkeypatch, capsys):
@@ -23,6 +24,6 @@ def test_tour_runs_end_to_end_and_writes_its_numbers(tmp_path, monkeypatch, caps
     assert "zero-shot score" in printed and "after LoRA score" in printed and "before    :" in printed
     # the example is the first test row, whatever the model answers, and says whether that answer is right
     example = result["example"]
-    assert example["input"] == training.load_task("topic", "test")[0]["input"]
+    assert example["input"] == load_task("topic", "test")[0]["input"]
     verdict = "right" if example["after_correct"] else "wrong"
     assert f"after     : {example['after']!r} ({verdict})" in printed

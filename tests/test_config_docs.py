@@ -7,7 +7,7 @@ import pytest
 
 import peftedu  # noqa: F401  (importing the package registers every method's config)
 from peftedu.config import CONFIG_CLASSES, PeftConfig
-from peftedu.prompt_tuning import PromptLearningConfig
+from peftedu.config import PromptLearningConfig
 
 CLASSES = {**{cls.__name__: cls for cls in CONFIG_CLASSES.values()},
            "PeftConfig": PeftConfig, "PromptLearningConfig": PromptLearningConfig}

@@ -1,4 +1,4 @@
-"""Tasks, prompts, tokenization, collation and scoring (peftedu.course.data). Offline, CPU."""
+"""Tasks, prompts, tokenization, collation and scoring (peftedu.course.data, .tokenization). Offline, CPU."""
 
 from __future__ import annotations
 
@@ -8,22 +8,26 @@ from collections import Counter
 import pytest
 import torch
 
-from peftedu.course import data
+from peftedu.course import data, tokenization
 from peftedu.course.data import (
-    IGNORE_INDEX,
     SPLIT_SIZES,
     TASKS,
     TOPIC_LABELS,
-    TrainingCollator,
-    build_prompt,
+    VOCABULARY_PATH,
     canonical_json,
-    collate_for_generation,
-    collate_for_training,
     generate_task,
     load_task,
+    load_vocabulary,
     score,
-    tokenize_example,
     write_tasks,
+)
+from peftedu.course.tokenization import (
+    IGNORE_INDEX,
+    TrainingCollator,
+    build_prompt,
+    collate_for_generation,
+    collate_for_training,
+    tokenize_example,
 )
 
 
@@ -107,6 +111,37 @@ def test_retention_questions():
     assert all(r in splits["test"] for r in splits["validation"])
     with pytest.raises(ValueError, match="Unknown task"):
         generate_task("sentiment")
+
+
+def test_the_vocabulary_file_is_pretty_printed_json():
+    text = VOCABULARY_PATH.read_text(encoding="utf-8")
+    assert data.tasks_dir() not in VOCABULARY_PATH.parents  # data/tasks holds only generated task files
+    assert text == json.dumps(json.loads(text), indent=1, ensure_ascii=False) + "\n", (
+        "data/task_vocabulary.json: write it with json.dumps(..., indent=1, ensure_ascii=False) plus a newline")
+    assert data.RETENTION_QUESTIONS == [(q["question"], q["answer"]) for q in json.loads(text)["retention"]["questions"]]
+
+
+def test_the_vocabulary_loader_fails_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="task vocabulary .*missing"):
+        load_vocabulary(tmp_path / "task_vocabulary.json")
+    good = json.loads(VOCABULARY_PATH.read_text(encoding="utf-8"))
+    assert load_vocabulary(VOCABULARY_PATH) == good
+
+    def broken(edit, match, error=ValueError):
+        vocabulary = json.loads(json.dumps(good))
+        edit(vocabulary)
+        path = tmp_path / "broken.json"
+        path.write_text(json.dumps(vocabulary, ensure_ascii=False), encoding="utf-8")
+        with pytest.raises(error, match=match):
+            load_vocabulary(path)
+
+    broken(lambda v: v["extract"].update(cities=[]), r"extract\.cities is empty")
+    broken(lambda v: v["topic"]["events"].update(travel=[]), r"topic\.events\.travel is empty")
+    broken(lambda v: v["topic"].pop("templates"), r"'topic' lacks the keys \['templates'\]")
+    broken(lambda v: v.pop("retention"), "no object 'retention'")
+    broken(lambda v: v["topic"].update(instruction=" "), r"topic\.instruction is empty")
+    broken(lambda v: v["topic"]["subjects"].pop("cooking"), r"topic\.subjects has lists for")
+    broken(lambda v: v["retention"]["questions"][3].pop("answer"), r"retention\.questions\[3\]")
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -235,7 +270,7 @@ def test_scorers_follow_their_stated_rules():
 def test_base_model_knows_the_retention_answers():
     """Retention measures forgetting, so the base model must start out (almost) perfect on it."""
     from peftedu.course.models import load_base
-    from peftedu.course.training import evaluate
+    from peftedu.course.evaluation import evaluate
 
     model, tok = load_base()
     result = evaluate(model, tok, "retention", rows="all")

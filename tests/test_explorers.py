@@ -7,7 +7,8 @@ matplotlib.use("Agg")
 import pytest
 
 from peftedu.counting import count_parameters
-from peftedu.course.memory import GB, memory_table
+from peftedu.course.memory import GB
+from peftedu.course.recipes import memory_table
 from peftedu.course.shapes import LLAMA_SHAPES
 from peftedu.course.explorers import (
     LIVE_NOTE,
@@ -161,7 +162,7 @@ def test_explorers_show_their_default_state_for_views_without_a_kernel(capsys):
     ("qwen2.5-1.5b", dict(n_layers=28, hidden=1536, mlp_hidden=8960, n_heads=12, n_kv_heads=2, kv_dim=256)),
 ])
 def test_architecture_reads_every_model_type_under_one_set_of_names(name, expected):
-    from peftedu.course.explorers import architecture, decoder_layers
+    from peftedu.course.shapes import architecture, decoder_layers
 
     model = build_from_config(name)
     arch = architecture(model)
@@ -174,7 +175,7 @@ def test_architecture_reads_every_model_type_under_one_set_of_names(name, expect
 def test_architecture_names_what_is_missing():
     from transformers import PretrainedConfig
 
-    from peftedu.course.explorers import architecture
+    from peftedu.course.shapes import architecture
 
     with pytest.raises(ValueError, match="hidden size"):
         architecture(PretrainedConfig())

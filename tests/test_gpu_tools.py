@@ -39,7 +39,7 @@ def test_throughput_runs_every_method_on_the_cpu():
 
 def test_memory_estimate_orders_the_methods(tmp_path):
     config = load_model_config("tinyllama-1.1b")
-    shape = gpu_memory.shape_of(config, "tinyllama")
+    shape = DecoderShape.from_config(config, "tinyllama", ignore_biases=True)
     assert shape.n_params() == 1_100_048_384 and isinstance(shape, DecoderShape)
     total = shape.n_params()
     rows = [{"method": "full", "impl": "peftedu", "trainable": total, "total": total, "peak_memory_mb": 17_800, "resident_mb": 2_200},
@@ -62,7 +62,7 @@ def test_estimate_within_20_percent_of_the_h200_measurement():
     from pathlib import Path
 
     result = json.loads((Path(__file__).parent.parent / "results" / "throughput_nvidia_h200.json").read_text())
-    shape = gpu_memory.shape_of(load_model_config(result["model"]), result["model"])
+    shape = DecoderShape.from_config(load_model_config(result["model"]), result["model"], ignore_biases=True)
     n, adapters = shape.n_params(), shape.lora_params(result["rank"])
     inputs = sum(i for i, _ in shape.linear_shapes().values())  # every linear wrapped: q,k,v,o,gate,up from d; down from i
     size = dict(batch_size=result["batch_size"], seq_len=result["seq_len"])
@@ -89,7 +89,7 @@ def test_fit_rows_count_what_the_methods_build():
     rows = {r["method"]: r for r in gpu_memory.fit_rows(config, ["full", "lora", "houlsby", "prompt_tuning", "ia3"])}
     torch.manual_seed(0)
     real = peftedu.get_peft_model(AutoModelForCausalLM.from_config(config),
-                                  peftedu.LoraConfig(**METHODS["lora"].config(None, None, None)[1]))
+                                  peftedu.LoraConfig(**METHODS["lora"].kwargs(None, None, None)))
     assert rows["lora"]["trainable"] == sum(p.numel() for p in real.parameters() if p.requires_grad)
     assert rows["lora"]["total"] == sum(p.numel() for p in real.parameters())
     assert rows["full"]["trainable"] == rows["full"]["total"] == sum(

@@ -1,32 +1,36 @@
 """The interview question bank is sound, its references exist, and the self-check grades and navigates."""
 
+import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from peftedu.course import interview
 from peftedu.course.interview import (
-    ALL,
+    FIELDS,
     GLOSSARY,
     LEVELS,
     NOTEBOOKS,
     QUESTIONS,
-    QUIZ_NOTE,
     TOPICS,
-    SelfCheck,
+    BankError,
     check_answer,
-    filter_options,
     get_question,
+    load_glossary,
+    load_labels,
+    load_questions,
     pick_questions,
-    question_text,
     select_questions,
-    self_check_widget,
     to_markdown,
     validate_bank,
 )
+from peftedu.course.quiz import ALL, QUIZ_NOTE, SelfCheck, filter_options, question_text, self_check_widget
 
-NOTEBOOK_SOURCES = Path(__file__).resolve().parent.parent / "notebooks" / "src"
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK_SOURCES = REPO / "notebooks" / "src"
+BANK = REPO / "data" / "interview"
 
 # the topics the course promises to cover in its interview notebook (issue 5)
 REQUIRED_TOPICS = ["bitfit", "prompt-tuning", "p-tuning", "prefix-tuning", "adapters", "llama-adapter", "lora",
@@ -48,6 +52,83 @@ def test_bank_size_levels_and_topics():
     assert len(select_questions(multiple_choice=True)) >= 10
     assert all(q.where for q in QUESTIONS)
     assert {nb for q in QUESTIONS for nb, _ in q.where} <= set(NOTEBOOKS)
+
+
+def test_the_bank_is_data_in_data_interview():
+    assert interview.DATA_DIR == BANK
+    rows = json.loads((BANK / "questions.json").read_text(encoding="utf-8"))
+    assert [list(row) for row in rows] == [list(FIELDS)] * len(rows)  # every field, in the dataclass's order
+    assert [row["id"] for row in rows] == [q.id for q in QUESTIONS]  # the bank keeps the file's order
+    assert load_questions() == QUESTIONS and [q.facts for q in load_questions()] == [q.facts for q in QUESTIONS]
+    assert [asdict(q) for q in QUESTIONS] == [
+        {**row, "where": tuple(map(tuple, row["where"])), "terms": tuple(row["terms"]),
+         "choices": tuple(row["choices"])} for row in rows]
+    assert list(load_glossary().items()) == list(GLOSSARY.items())
+    assert load_labels() == (LEVELS, TOPICS, NOTEBOOKS) and list(LEVELS) == [1, 2, 3]
+    assert len({q.id for q in QUESTIONS}) == len(QUESTIONS) >= 30
+    for path in BANK.glob("*.json"):  # pretty-printed UTF-8, Chinese as written
+        text = path.read_text(encoding="utf-8")
+        assert text == json.dumps(json.loads(text), ensure_ascii=False, indent=1) + "\n", path.name
+
+
+def test_every_question_the_notebooks_cite_exists():
+    # get_question("lora-7b"), get_question("lora-7b").facts["share"] (notebook 00), fact("nf4-bits", "dq") (13)
+    citation = re.compile(r'get_question\("([^"]+)"\)(?:\.facts\["([^"]+)"\])?|fact\("([^"]+)", "([^"]+)"\)')
+    cited = {}
+    for path in sorted(NOTEBOOK_SOURCES.glob("*.py")):
+        for match in citation.finditer(path.read_text()):
+            question_id, name = match.group(1) or match.group(3), match.group(2) or match.group(4)
+            cited.setdefault((question_id, name), path.name)
+    assert ("lora-7b", "share") in cited and ("nf4-bits", "dq") in cited  # the scan sees both forms
+    ids = {q.id for q in QUESTIONS}
+    missing = {key: where for key, where in cited.items() if key[0] not in ids or (
+        key[1] is not None and key[1] not in get_question(key[0]).facts)}
+    assert missing == {}, f"(question id, fact) cited but not in data/interview/questions.json: {missing}"
+
+
+def _write_bank(tmp_path, rows):
+    path = tmp_path / "questions.json"
+    path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def test_a_broken_bank_file_names_the_question_and_what_is_wrong(tmp_path):
+    good = json.loads((BANK / "questions.json").read_text(encoding="utf-8"))[:2]
+    assert load_questions(_write_bank(tmp_path, good)) == QUESTIONS[:2]
+    cases = [
+        ({"level": "1"}, r"questions.json: question at index 1 \('bytes-per-param'\): level must be an integer"),
+        ({"where": [["00_introduction"]]}, r"'bytes-per-param'\): where must be a list of \[notebook, heading\] pairs"),
+        ({"terms": "显存"}, r"'bytes-per-param'\): terms must be a list of strings"),
+        ({"correct": True}, r"'bytes-per-param'\): correct must be an index into choices"),
+        ({"topic": "lorra"}, r"bytes-per-param: unknown topic 'lorra'"),  # validate_bank runs on load
+        ({"correct": 9}, r"bytes-per-param: correct=9 is not an index"),
+        ({"id": "why-peft"}, r"duplicate id 'why-peft'"),
+    ]
+    for change, message in cases:
+        with pytest.raises(BankError, match=message):
+            load_questions(_write_bank(tmp_path, [good[0], {**good[1], **change}]))
+    missing = {name: value for name, value in good[1].items() if name != "facts"}
+    with pytest.raises(BankError, match=r"'bytes-per-param'\): needs exactly the fields .*missing \['facts'\]"):
+        load_questions(_write_bank(tmp_path, [good[0], missing]))
+    with pytest.raises(BankError, match=r"unknown \['note'\]"):
+        load_questions(_write_bank(tmp_path, [{**good[0], "note": "x"}]))
+    with pytest.raises(BankError, match="must hold a list"):
+        load_questions(_write_bank(tmp_path, {"why-peft": good[0]}))
+    (tmp_path / "bad.json").write_text("[{", encoding="utf-8")
+    with pytest.raises(BankError, match="bad.json is not valid JSON"):
+        load_questions(tmp_path / "bad.json")
+    with pytest.raises(BankError, match="not found.*data/interview"):
+        load_questions(tmp_path / "none.json")
+    labels = json.loads((BANK / "labels.json").read_text(encoding="utf-8"))
+    (tmp_path / "labels.json").write_text(json.dumps({**labels, "levels": {"basic": "basic"}}), encoding="utf-8")
+    with pytest.raises(BankError, match="levels: keys must be level numbers"):
+        load_labels(tmp_path / "labels.json")
+    (tmp_path / "labels.json").write_text(json.dumps({"topics": {}}), encoding="utf-8")
+    with pytest.raises(BankError, match=r"needs exactly the keys \['levels', 'topics', 'notebooks'\]"):
+        load_labels(tmp_path / "labels.json")
+    (tmp_path / "glossary.json").write_text(json.dumps({"显存": ""}), encoding="utf-8")
+    with pytest.raises(BankError, match="'显存' must map to a non-empty label"):
+        load_glossary(tmp_path / "glossary.json")
 
 
 def test_validate_bank_reports_problems():

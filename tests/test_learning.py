@@ -17,7 +17,8 @@ import torch
 import peftedu
 from peftedu.prefix_tuning import prefix_from_text
 from peftedu.course.data import load_task
-from peftedu.course.training import evaluate, train
+from peftedu.course.training import train
+from peftedu.course.evaluation import evaluate
 
 STEPS = dict(profile="quick", max_steps=12, batch_size=4, grad_accum=1, progress=False)
 EVAL = dict(profile="quick", rows=24)

@@ -1,4 +1,4 @@
-"""The source ledger (data/source_ledger.json, peftedu/ledger.py): every claim of the source tutorials, checked."""
+"""The source ledger (data/source_ledger.json, peftedu/course/ledger.py): every claim of the source tutorials, checked."""
 
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftedu import quant as Q
+from peftedu.course import nf4_explorer as E
+from peftedu.course.explorers import LIVE_NOTE
 
 SHAPES = [((256, 320), torch.float32), ((7, 9), torch.float32), ((3, 50), torch.bfloat16),
           ((300, 577), torch.float16)]
@@ -294,7 +296,7 @@ def test_paged_adamw_is_none_without_cuda():
 
 
 def test_histogram_explorer_nf4_uses_levels_most_evenly_on_gaussian_weights():
-    data = Q.nf4_histogram_explorer(weight((128, 512), seed=6))
+    data = E.nf4_histogram_explorer(weight((128, 512), seed=6))
     assert data["counts"].sum() == 128 * 512 and data["bin_edges"].shape == (102,)
 
     def entropy(p):
@@ -308,7 +310,7 @@ def test_histogram_explorer_nf4_uses_levels_most_evenly_on_gaussian_weights():
     assert entropy(usage["nf4"]) > entropy(usage["int4"]) and entropy(usage["nf4"]) > entropy(usage["fp4"])
     assert data["mse"]["nf4"] < data["mse"]["int4"] and data["mse"]["nf4"] < data["mse"]["fp4"]
     with pytest.raises(ValueError, match="bins"):
-        Q.nf4_histogram_explorer(torch.ones(4), bins=1)
+        E.nf4_histogram_explorer(torch.ones(4), bins=1)
 
 
 def test_histogram_widget_builds_headless():
@@ -316,12 +318,12 @@ def test_histogram_widget_builds_headless():
     import matplotlib
 
     matplotlib.use("Agg")
-    box = Q.nf4_histogram_widget({"a": weight((16, 64)), "b": weight((16, 64), seed=1)})
+    box = E.nf4_histogram_widget({"a": weight((16, 64)), "b": weight((16, 64), seed=1)})
     slider = box.children[0]
     assert (slider.min, slider.max) == (0, 1)
     slider.value = 1  # redraws without a front-end
     with pytest.raises(ValueError, match="at least one"):
-        Q.nf4_histogram_widget({})
+        E.nf4_histogram_widget({})
 
 
 def test_histogram_widget_static_view_shows_default_state_and_note():
@@ -331,8 +333,8 @@ def test_histogram_widget_static_view_shows_default_state_and_note():
     import matplotlib
 
     matplotlib.use("Agg")
-    bundle = Q.nf4_histogram_widget({"a": weight((16, 64))})._repr_mimebundle_()
-    assert bundle["text/plain"] == Q.EXPLORER_STATIC_NOTE  # not the raw "VBox(children=..."
+    bundle = E.nf4_histogram_widget({"a": weight((16, 64))})._repr_mimebundle_()
+    assert bundle["text/plain"] == LIVE_NOTE  # not the raw "VBox(children=..."
     assert base64.b64decode(bundle["image/png"]).startswith(b"\x89PNG")
     assert "application/vnd.jupyter.widget-view+json" in bundle  # a live front-end still renders the widget
 

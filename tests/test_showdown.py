@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from peftedu.course import showdown as sd
+from peftedu.course import showdown_report as report, showdown_serving, showdown_setup as setup
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SMOKE = sd.Settings(model="tiny-random", profile="quick", max_steps=2, eval_rows=4, latency_rows=2,
+SMOKE = setup.Settings(model="tiny-random", profile="quick", max_steps=2, eval_rows=4, latency_rows=2,
                     latency_repeats=1, device="cpu")
 
 
@@ -22,17 +23,33 @@ def test_every_method_has_a_config_both_libraries_understand():
     import peftedu
     from peftedu.course.training import get_profile
 
-    model, tokenizer, _ = sd.load_model(SMOKE)
+    model, tokenizer, _ = setup.load_model(SMOKE)
     for method in sd.METHODS.values():
-        if method.config is None:
+        if method.config_class is None:
             assert method.kind == "full"
             continue
-        class_name, kwargs = method.config(model, tokenizer, get_profile("quick"))
+        class_name, kwargs = method.config_class.__name__, method.kwargs(model, tokenizer, get_profile("quick"))
         if method.kind in ("peft", "loraplus"):
             getattr(peft, class_name)(task_type="CAUSAL_LM", **kwargs)  # peft accepts the same kwargs
         if class_name == "PromptTuningConfig":
             kwargs = {k: v for k, v in kwargs.items() if k != "tokenizer_name_or_path"} | {"tokenizer": tokenizer}
         getattr(peftedu, class_name)(**kwargs)
+
+
+def test_every_method_names_peftedu_s_config_class_and_peft_has_its_twin():
+    """The registry holds classes, not names: peftedu's own (as exported), and HF peft has one of the same name
+    for every method it runs as a twin."""
+    import peft
+
+    import peftedu
+
+    for method in sd.METHODS.values():
+        assert (method.config_class is None) == (method.kind == "full"), method.name
+        if method.config_class is None:
+            continue
+        assert getattr(peftedu, method.config_class.__name__) is method.config_class, method.name
+        if method.kind in ("peft", "loraplus"):
+            assert hasattr(peft, method.config_class.__name__), method.name
 
 
 @pytest.mark.parametrize("method,impl", [("lora", "peftedu"), ("lora", "peft"), ("prefix_tuning", "peftedu"),
@@ -81,7 +98,7 @@ def _row(method, impl, score, step, memory):
 def test_ratios_are_peftedu_over_peft_and_written_to_every_file(tmp_path):
     rows = [_row("lora", "peftedu", 0.9, 2.0, 300.0), _row("lora", "peft", 0.8, 1.6, 200.0),
             _row("bitfit", "peftedu", 0.7, 1.0, 100.0)]
-    sd.compare_with_peft(rows)
+    report.compare_with_peft(rows)
     assert rows[0]["time_ratio_vs_peft"] == pytest.approx(1.25)
     assert rows[0]["memory_ratio_vs_peft"] == pytest.approx(1.5)
     assert rows[0]["peft_score"] == 0.8 and "time_ratio_vs_peft" not in rows[2]
@@ -89,7 +106,7 @@ def test_ratios_are_peftedu_over_peft_and_written_to_every_file(tmp_path):
               "settings": SMOKE.__dict__, "serving": {"adapters": 8, "requests": 16, "max_logit_diff": 1e-6,
                                                        "throughput_ratio": 3.0},
               "model": "m", "device": "cpu", "weights": "random", "date": "2026-01-01", "command": "c"}
-    paths = sd.write_results(result, tmp_path, "t")
+    paths = report.write_results(result, tmp_path, "t")
     with open(paths["csv"]) as f:
         table = list(csv.DictReader(f))
     assert [r["method"] for r in table] == ["lora", "lora", "bitfit"]
@@ -103,7 +120,7 @@ def test_ratios_are_peftedu_over_peft_and_written_to_every_file(tmp_path):
 
 
 def test_a_mixed_batch_of_eight_adapters_equals_switching_request_by_request():
-    serving = sd.serving_benchmark(SMOKE, n_adapters=8, rows_per_adapter=1, repeats=1)
+    serving = showdown_serving.serving_benchmark(SMOKE, n_adapters=8, rows_per_adapter=1, repeats=1)
     assert serving["requests"] == 8
     assert serving["max_logit_diff"] < 1e-4
     assert serving["adapters_differ_by"] > 1e-3  # the adapters really differ, so the check means something
@@ -118,7 +135,7 @@ def test_a_shared_log_skips_finished_runs_and_ignores_other_settings(tmp_path, m
     monkeypatch.setattr(sd, "baseline_scores", lambda *a: pytest.fail("the logged baseline was recomputed"))
     again = sd.showdown(SMOKE, methods=["ia3"], isolate=False, serving=False, progress=False, log=log, run=False)
     assert again["rows"] == first["rows"] and again["baseline"] == first["baseline"]
-    other = sd.Settings(**{**SMOKE.__dict__, "seed": 1})
+    other = setup.Settings(**{**SMOKE.__dict__, "seed": 1})
     with pytest.raises(ValueError, match="has no baseline"):
         sd.showdown(other, methods=["ia3"], isolate=False, serving=False, progress=False, log=log, run=False)
 
@@ -130,18 +147,18 @@ def test_random_weights_take_the_named_tokenizer_and_are_never_scored(tmp_path, 
     _, tokenizer = load_base(None, device="cpu")
     tokenizer.save_pretrained(tmp_path / "tok")
     monkeypatch.setenv("PEFTEDU_TOKENIZER", str(tmp_path / "tok"))
-    settings = sd.Settings(model="smollm2-1.7b", random_weights=True, device="meta")
-    model, loaded, weights = sd.load_model(settings)
+    settings = setup.Settings(model="smollm2-1.7b", random_weights=True, device="meta")
+    model, loaded, weights = setup.load_model(settings)
     # the folder is named by its role, not its path: a results table is read on other machines
     assert weights.startswith("random") and weights.endswith("tokenizer: PEFTEDU_TOKENIZER folder")
     assert str(tmp_path) not in weights
     assert len(loaded) == model.config.vocab_size == 49152
     assert sd.baseline_scores(settings) == {"score": None, "retention": None, "eval_rows": 0}
     with pytest.raises(ValueError, match="32000 embeddings but the tokenizer"):  # SmolLM2 ids overflow TinyLlama
-        sd.load_model(sd.Settings(model="tinyllama-1.1b", random_weights=True, device="meta"))
+        setup.load_model(setup.Settings(model="tinyllama-1.1b", random_weights=True, device="meta"))
     monkeypatch.setenv("PEFTEDU_TOKENIZER", str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="PEFTEDU_TOKENIZER="):
-        sd.load_model(settings)
+        setup.load_model(settings)
 
 
 def test_a_table_without_scores_says_so_and_draws_no_score_plot(tmp_path):
@@ -149,14 +166,14 @@ def test_a_table_without_scores_says_so_and_draws_no_score_plot(tmp_path):
     result = {"rows": rows, "baseline": {"score": None, "retention": None, "eval_rows": 0},
               "settings": SMOKE.__dict__, "serving": None, "model": "m", "device": "NVIDIA H100",
               "weights": "random", "date": "2026-01-01", "command": "c"}
-    paths = sd.write_results(result, tmp_path, "t")
+    paths = report.write_results(result, tmp_path, "t")
     md = paths["md"].read_text()
     assert "no scores: random weights were never pretrained" in md and "| qlora |" in md
     assert "plot_score" not in paths and paths["plot_memory"].stat().st_size > 1000
 
 
 def test_serving_is_called_the_same_only_within_the_rounding_of_its_dtype():
-    from peftedu.course.showdown import serving_verdict
+    from peftedu.course.showdown_serving import serving_verdict
 
     base = {"adapters": 8, "adapters_differ_by": 3.4, "max_abs_logit": 20.0}
     assert serving_verdict({**base, "max_logit_diff": 0.0, "dtype": "float32"}) == "the same logits, bit for bit"

@@ -10,13 +10,13 @@ import torch
 
 matplotlib.use("Agg")
 
-from peftedu.course.data import collate_for_training, load_task, tokenize_example  # noqa: E402
+from peftedu.course.data import load_task  # noqa: E402
+from peftedu.course.evaluation import evaluate, generate_answers  # noqa: E402
+from peftedu.course.tokenization import collate_for_training, tokenize_example  # noqa: E402
 from peftedu.course.training import (  # noqa: E402
     PROFILES,
     TrainHistory,
     accumulate_gradients,
-    evaluate,
-    generate_answers,
     get_profile,
     lr_multiplier,
     plot_history,

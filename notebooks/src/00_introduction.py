@@ -44,23 +44,17 @@ from IPython.display import Markdown, display
 import peftedu
 from peftedu.course.compare import cmp, measured, rounding_tolerance
 from peftedu.counting import count_parameters, print_trainable_parameters
-from peftedu.course.memory import GB, estimate_training_memory, memory_table
+from peftedu.course.memory import GB, estimate_training_memory
+from peftedu.course.recipes import memory_table
 from peftedu.course.shapes import LLAMA_SHAPES
-from peftedu.course.data import (
-    IGNORE_INDEX,
-    SPLIT_SIZES,
-    TASKS,
-    TrainingCollator,
-    build_prompt,
-    collate_for_generation,
-    load_task,
-    tokenize_example,
-)
-from peftedu.course.explorers import (LIVE_NOTE, architecture, decoder_layers, memory_estimates, memory_explorer,
-                                plot_memory_breakdown)
+from peftedu.course.data import SPLIT_SIZES, TASKS, load_task
+from peftedu.course.tokenization import IGNORE_INDEX, TrainingCollator, build_prompt, collate_for_generation, tokenize_example
+from peftedu.course.explorers import LIVE_NOTE, memory_estimates, memory_explorer, plot_memory_breakdown
 from peftedu.course.interview import GLOSSARY, get_question, glossary_markdown
 from peftedu.course.models import DEFAULT_MODEL, build_from_config, is_pretrained, load_base, model_name
-from peftedu.course.training import evaluate, generate_answers, get_profile
+from peftedu.course.shapes import architecture, decoder_layers
+from peftedu.course.training import get_profile
+from peftedu.course.evaluation import evaluate, generate_answers
 
 transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in the notebook
 torch.manual_seed(0)
@@ -234,7 +228,7 @@ explorer
 # is downloaded from a model hub. `load_base()` picks the device (cuda → mps → cpu) and the dtype (fp32 on
 # the CPU) and returns the model in eval mode with its tokenizer. The environment variable `PEFTEDU_MODEL`
 # switches every notebook to another model (e.g. `qwen2.5-1.5b` on a GPU) without editing a cell: every count,
-# shape and layer name below is read from the model in use (`peftedu.course.explorers.architecture` reads its config under
+# shape and layer name below is read from the model in use (`peftedu.course.shapes.architecture` reads its config under
 # one set of names, whatever the model type calls them).
 
 # %%
@@ -286,7 +280,7 @@ else:
 # %% [markdown]
 # ## 3. The three tasks
 #
-# Our own code generates three small tasks from fixed seeds (`peftedu/data.py`), so every learner gets the
+# Our own code generates three small tasks from fixed seeds (`peftedu/course/data.py`, its word lists in `data/task_vocabulary.json`), so every learner gets the
 # same files without a download, and no test sentence appears in training:
 #
 # * **topic** — name the topic of a sentence with one word (sports, cooking, travel, technology). Scored by

@@ -41,10 +41,13 @@ from peftedu import BitFitConfig, PeftModel, get_peft_model
 from peftedu.counting import count_parameters, print_trainable_parameters
 from peftedu.bitfit import BitFitLayer, undeclared_biases
 from peftedu.course.compare import cmp, measured, rounding_tolerance
-from peftedu.course.data import TrainingCollator, build_prompt, collate_for_generation, load_task, tokenize_example
-from peftedu.course.explorers import architecture, decoder_layers, linear_suffixes
+from peftedu.course.data import load_task
+from peftedu.course.tokenization import TrainingCollator, build_prompt, collate_for_generation, tokenize_example
+from peftedu.course.explorers import linear_suffixes
+from peftedu.course.shapes import architecture, decoder_layers
 from peftedu.course.models import DEFAULT_MODEL, build_from_config, is_pretrained, load_base, model_name
-from peftedu.course.training import evaluate, generate_answers, get_profile, plot_history, train
+from peftedu.course.training import get_profile, plot_history, train
+from peftedu.course.evaluation import evaluate, generate_answers
 
 transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in the notebook
 warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")

@@ -36,13 +36,14 @@ from safetensors.torch import load_file
 from torch import nn
 
 from peftedu.course.compare import cmp, measured, rounding_tolerance
-from peftedu.course.data import (TOPIC_INSTRUCTION, TrainingCollator, build_prompt, collate_for_generation, load_task,
-                          tokenize_example)
-from peftedu.course.explorers import architecture
+from peftedu.course.data import TOPIC_INSTRUCTION, load_task
+from peftedu.course.tokenization import TrainingCollator, build_prompt, collate_for_generation, tokenize_example
+from peftedu.course.shapes import architecture
 from peftedu.course.models import build_from_config, is_pretrained, load_base
 from peftedu.peft_model import PeftModel, get_peft_model
 from peftedu.prompt_tuning import PromptTuningConfig
-from peftedu.course.training import evaluate, generate_answers, get_profile, plot_history, train
+from peftedu.course.training import get_profile, plot_history, train
+from peftedu.course.evaluation import evaluate, generate_answers
 
 transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in the notebook
 torch.manual_seed(0)
@@ -72,7 +73,7 @@ def model_tol(values):
 # * **answer loss**: the mean cross-entropy of the reference answer (label word + end-of-turn), the very
 #   number training will lower -- one forward pass over the first 16 test rows, for every variant;
 # * **score**: greedy generation, counted correct only when the answer *is* the label word
-#   (`peftedu.course.training.evaluate`, the zero-shot score of the base model with the task's instruction).
+#   (`peftedu.course.evaluation.evaluate`, the zero-shot score of the base model with the task's instruction).
 
 # %%
 test_records = list(load_task("topic", "test").select(range(profile.eval_rows or 100)))
@@ -175,7 +176,7 @@ assert random_norms.median() > 3 * vocab_norms.median()  # random rows are far o
 # %% [markdown]
 # ### 2.1 Prepend the prompt: embeddings, attention mask, labels
 #
-# A training batch is padded on the right (`peftedu.course.data.TrainingCollator`). Three tensors grow by `p`
+# A training batch is padded on the right (`peftedu.course.tokenization.TrainingCollator`). Three tensors grow by `p`
 # columns at the front:
 #
 # * `inputs_embeds`: the prompt, the same for every row, then the token embeddings;

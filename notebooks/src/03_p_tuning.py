@@ -35,14 +35,16 @@ from safetensors.torch import load_file
 from torch import nn
 
 from peftedu.course.compare import cmp, measured, rounding_tolerance
-from peftedu.course.data import build_prompt, collate_for_generation, load_task
-from peftedu.course.explorers import architecture
+from peftedu.course.data import load_task
+from peftedu.course.tokenization import build_prompt, collate_for_generation
+from peftedu.course.shapes import architecture
 from peftedu.course.models import build_from_config, is_pretrained, load_base
 from peftedu.p_tuning import PromptEncoderConfig
 from peftedu.peft_model import PeftModel, get_peft_model
 from peftedu.prefix_tuning import PrefixTuningConfig, prefix_geometry, prefix_key_values
 from peftedu.prompt_tuning import PromptTuningConfig
-from peftedu.course.training import evaluate, get_profile, plot_history, train
+from peftedu.course.training import get_profile, plot_history, train
+from peftedu.course.evaluation import evaluate
 
 transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in the notebook
 torch.manual_seed(0)

@@ -45,12 +45,14 @@ transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars i
 
 import peftedu
 from peftedu import PeftModel, PrefixTuningConfig, cmp, get_peft_model, measured, rounding_tolerance
-from peftedu.course.data import TrainingCollator, collate_for_generation, load_task, tokenize_dataset
+from peftedu.course.data import load_task
+from peftedu.course.tokenization import TrainingCollator, collate_for_generation, tokenize_dataset
 from peftedu.course.models import is_pretrained
 from peftedu.course.prefix_shapes import (attention_layers, attention_projections, format_walkthrough,
                                    prefix_shape_explorer, prefix_shape_walkthrough)
 from peftedu.prefix_tuning import cache_argument, positions_from_mask, prefix_geometry, prefix_key_values
-from peftedu.course.training import evaluate, generate_answers, get_profile, plot_history, train
+from peftedu.course.training import get_profile, plot_history, train
+from peftedu.course.evaluation import evaluate, generate_answers
 
 notebook_start = time.perf_counter()
 torch.manual_seed(0)

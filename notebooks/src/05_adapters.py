@@ -47,12 +47,14 @@ from peftedu import AdapterConfig, AdaptionPromptConfig, PeftModel, get_peft_mod
 from peftedu.counting import count_parameters, print_trainable_parameters
 from peftedu.adapters import BottleneckAdapterLayer, default_adapter_targets
 from peftedu.course.compare import cmp, measured, rounding_tolerance
-from peftedu.course.data import TrainingCollator, build_prompt, collate_for_generation, load_task, tokenize_example
+from peftedu.course.data import load_task
+from peftedu.course.tokenization import TrainingCollator, build_prompt, collate_for_generation, tokenize_example
 from peftedu.llama_adapter import AdaptedAttention
 from peftedu.course.models import DEFAULT_MODEL, MODEL_ALIASES, build_from_config, is_pretrained, load_base
-from peftedu.course.explorers import decoder_layers
+from peftedu.course.shapes import decoder_layers
 from peftedu.course.prefix_shapes import attention_layers
-from peftedu.course.training import evaluate, generate_answers, get_profile, plot_history, train
+from peftedu.course.training import get_profile, plot_history, train
+from peftedu.course.evaluation import evaluate, generate_answers
 
 transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in the notebook
 warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")

@@ -38,13 +38,15 @@ from torch import nn
 from peftedu import LoraConfig, PeftModel, get_peft_model
 from peftedu.counting import count_parameters, print_trainable_parameters
 from peftedu.course.compare import cmp, measured, rounding_tolerance
-from peftedu.course.data import build_prompt, collate_for_generation, load_task
+from peftedu.course.data import load_task
+from peftedu.course.tokenization import build_prompt, collate_for_generation
 from peftedu.course.explorers import lora_parameter_count, lora_rank_explorer
 from peftedu.lora import LoraLinear, default_lora_targets
 from peftedu.loraplus import create_loraplus_optimizer, loraplus_param_groups
 from peftedu.course.models import DEFAULT_MODEL, MODEL_ALIASES, is_pretrained, load_base
 from peftedu.prefix_tuning import prefix_geometry
-from peftedu.course.training import evaluate, generate_answers, get_profile, plot_history, train
+from peftedu.course.training import get_profile, plot_history, train
+from peftedu.course.evaluation import evaluate, generate_answers
 
 transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in the notebook
 warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")  # deprecation notices peft triggers

@@ -37,12 +37,17 @@ from peftedu import LoraConfig, cmp, get_peft_model, measured
 from peftedu.course.compare import rounding_tolerance
 from peftedu import quant as Q
 from peftedu.counting import print_trainable_parameters
-from peftedu.course.memory import estimate_training_memory, method_memory, nf4_bits_per_param
+from peftedu.course.memory import estimate_training_memory, nf4_bits_per_param
+from peftedu.course.recipes import method_memory
 from peftedu.course.shapes import LLAMA_SHAPES, activation_memory_gb
-from peftedu.course.data import build_prompt, load_task
+from peftedu.course.data import load_task
+from peftedu.course.tokenization import build_prompt
+from peftedu.course.explorers import LIVE_NOTE
+from peftedu.course.nf4_explorer import linear_weights, nf4_histogram_explorer, nf4_histogram_widget, plot_nf4_histogram
 from peftedu.lora import LoraLinear
 from peftedu.course.models import DEFAULT_MODEL, is_pretrained, load_base, model_name
-from peftedu.course.training import evaluate, get_profile, plot_history, train
+from peftedu.course.training import get_profile, plot_history, train
+from peftedu.course.evaluation import evaluate
 
 try:
     import bitsandbytes as bnb
@@ -153,7 +158,7 @@ plt.show()
 
 # %%
 model, tokenizer = load_base()
-first_linear = next(iter(Q.linear_weights(model)))      # e.g. model.layers.0.self_attn.q_proj
+first_linear = next(iter(linear_weights(model)))      # e.g. model.layers.0.self_attn.q_proj
 W = model.get_submodule(first_linear).weight.detach().float().clone()   # (out, in) fp32, on the model's device
 print(f"{first_linear}: {tuple(W.shape)}, stored as {model.dtype} on {model.device.type}")
 B = 64
@@ -356,7 +361,7 @@ else:
 
 # %%
 n_layers = model.config.num_hidden_layers
-linear_names = list(Q.linear_weights(model))             # every nn.Linear but lm_head, in model order
+linear_names = list(linear_weights(model))             # every nn.Linear but lm_head, in model order
 in_block = lambda i: [n for n in linear_names if f".{i}." in n]   # the linear layers of block i
 picks = [(0, 0), (n_layers // 3, -1), (2 * n_layers // 3, 2), (n_layers - 1, 4)]   # (block, which linear of it)
 layer_names = [in_block(i)[k % len(in_block(i))] for i, k in picks]
@@ -372,11 +377,11 @@ assert all(row["nf4"] < row["int4"] and row["nf4"] < row["fp4"] for row in rows.
 
 # %% [markdown]
 # The histogram of `weight / block absmax` of one layer, with each code's levels drawn over it
-# (`Q.nf4_histogram_explorer` + `Q.plot_nf4_histogram`):
+# (`nf4_histogram_explorer` + `plot_nf4_histogram`):
 
 # %%
-data = Q.nf4_histogram_explorer(weights[layer_names[1]])
-axes = Q.plot_nf4_histogram(data, title=layer_names[1].removeprefix("model."))
+data = nf4_histogram_explorer(weights[layer_names[1]])
+axes = plot_nf4_histogram(data, title=layer_names[1].removeprefix("model."))
 plt.tight_layout()
 plt.show()
 print("MSE:", ", ".join(f"{k} {measured(v, '.2e')}" for k, v in data["mse"].items()))
@@ -387,11 +392,11 @@ assert data["mse"]["nf4"] == min(data["mse"].values())
 # view of this notebook cannot run the controls: it shows the first layer's histograms and a note instead.
 
 # %% tags=["nbval-ignore-output"]
-widget = Q.nf4_histogram_widget({name.removeprefix("model."): w for name, w in weights.items()})
+widget = nf4_histogram_widget({name.removeprefix("model."): w for name, w in weights.items()})
 display(widget)
 plt.close("all")
 static_view = widget._repr_mimebundle_()
-assert static_view["text/plain"] == Q.EXPLORER_STATIC_NOTE and "image/png" in static_view
+assert static_view["text/plain"] == LIVE_NOTE and "image/png" in static_view
 
 # %% [markdown]
 # **The whole model**, too slow to recompute here, was measured by `python scripts/measure_quant.py`,
@@ -424,7 +429,7 @@ assert results["nf4_wins_smollm2"] and results["nf4_wins_gaussian"]
 for label, nbytes in results["storage"]["model_bytes"].items():
     print(f"{label:<28}{nbytes:>14,} bytes  ({nbytes / results['storage']['model_bytes']['fp32']:.1%} of fp32)")
 fp32_bytes = Q.model_nbytes(model)                       # the model as loaded (fp32 on a CPU, bf16 on a GPU)
-linear_bytes = sum(w.numel() * w.element_size() for w in Q.linear_weights(model).values())
+linear_bytes = sum(w.numel() * w.element_size() for w in linear_weights(model).values())
 start = time.perf_counter()
 Q.quantize_model(model)                                   # in place: every Linear but lm_head -> Linear4bit
 seconds = time.perf_counter() - start

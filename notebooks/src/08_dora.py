@@ -36,11 +36,13 @@ from safetensors.torch import load_file
 
 import peftedu
 from peftedu import LoraConfig, cmp, get_peft_model, measured, rounding_tolerance
-from peftedu.course.data import build_prompt, load_task
+from peftedu.course.data import load_task
+from peftedu.course.tokenization import build_prompt
 from peftedu.lora import LoraLinear
 from peftedu.course.models import is_pretrained, load_base
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-from peftedu.course.training import evaluate, get_profile, plot_history, train
+from peftedu.course.training import get_profile, plot_history, train
+from peftedu.course.evaluation import evaluate
 
 transformers.utils.logging.disable_progress_bar()
 # transformers' deprecation notice when peft loads an adapter (it prints an absolute path): not for this lesson

@@ -46,10 +46,12 @@ from torch import nn
 import peftedu
 from peftedu import AdaLoraConfig, LoraConfig, PeftModel, cmp, get_peft_model, measured, rounding_tolerance
 from peftedu.adalora import RankAllocator, SVDLinear, orthogonal_regularization, svd_layers
-from peftedu.course.data import build_prompt, collate_for_generation, load_task
+from peftedu.course.data import load_task
+from peftedu.course.tokenization import build_prompt, collate_for_generation
 from peftedu.course.models import is_pretrained, load_base
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-from peftedu.course.training import evaluate, generate_answers, get_profile, plot_history, set_seed, train
+from peftedu.course.training import get_profile, plot_history, set_seed, train
+from peftedu.course.evaluation import evaluate, generate_answers
 
 transformers.utils.logging.disable_progress_bar()
 # transformers' deprecation notice when peft loads an adapter (it prints an absolute path): not for this lesson

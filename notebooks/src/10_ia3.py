@@ -42,11 +42,13 @@ from safetensors.torch import load_file
 import peftedu
 from peftedu import IA3Config, PeftModel, cmp, get_peft_model, measured, rounding_tolerance
 from peftedu.counting import count_parameters
-from peftedu.course.data import build_prompt, collate_for_generation, load_task
+from peftedu.course.data import load_task
+from peftedu.course.tokenization import build_prompt, collate_for_generation
 from peftedu.ia3 import IA3Linear, default_ia3_targets
 from peftedu.course.models import build_from_config, is_pretrained, load_base
 from peftedu.tuners import find_target_modules
-from peftedu.course.training import evaluate, get_profile, plot_history, set_seed, train
+from peftedu.course.training import get_profile, plot_history, set_seed, train
+from peftedu.course.evaluation import evaluate
 
 transformers.utils.logging.disable_progress_bar()
 # transformers' deprecation notice when peft loads an adapter (it prints an absolute path): not for this lesson

@@ -40,10 +40,12 @@ from safetensors.torch import load_file
 from peftedu import LoraConfig, PeftModel, get_peft_model
 from peftedu.counting import count_parameters
 from peftedu.course.compare import cmp, measured, rounding_tolerance
-from peftedu.course.data import TOPIC_LABELS, build_prompt, collate_for_generation, load_task
+from peftedu.course.data import TOPIC_LABELS, load_task
+from peftedu.course.tokenization import build_prompt, collate_for_generation
 from peftedu.lora import LoraLinear, default_lora_targets
 from peftedu.course.models import is_pretrained, load_base
-from peftedu.course.training import evaluate, generate_answers, get_profile, plot_history, train
+from peftedu.course.training import get_profile, plot_history, train
+from peftedu.course.evaluation import evaluate, generate_answers
 
 transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in the notebook
 # transformers' deprecation notice when peft loads an adapter (it prints an absolute path): not for this lesson

@@ -37,8 +37,11 @@ from IPython.display import Markdown, display
 
 import peftedu
 from peftedu.course import gpu_memory, showdown
+from peftedu.course.showdown_report import compare_with_peft
+from peftedu.course.showdown_setup import Settings
 from peftedu.counting import count_parameters
-from peftedu.course.memory import memory_table, nf4_bits_per_param
+from peftedu.course.memory import nf4_bits_per_param
+from peftedu.course.recipes import memory_table
 from peftedu.course.shapes import DecoderShape
 from peftedu.course.models import DEFAULT_MODEL, REPO_ROOT, build_from_config, load_base, load_model_config, model_name
 
@@ -391,8 +394,8 @@ assert all(g[m]["time_per_step_s"] > g["lora"]["time_per_step_s"] for m in ("dor
 
 # %%
 logged = [entry["row"] for entry in showdown.load_log(REPO_ROOT / "results" / "showdown_runs.jsonl",
-                                                     showdown.Settings(**gpu["settings"])) if "row" in entry]
-showdown.compare_with_peft(logged)  # the run log holds every finished GPU run, twins included
+                                                     Settings(**gpu["settings"])) if "row" in entry]
+compare_with_peft(logged)  # the run log holds every finished GPU run, twins included
 twin_rows = {r["method"]: r for r in logged if r["impl"] == "peft"}
 gpu_ratio_lines = ["| method | s/step peftedu | s/step peft | time ÷ peft | memory ÷ peft |", "| --- | --- | --- | --- | --- |"]
 for ours in (r for r in logged if "time_ratio_vs_peft" in r):

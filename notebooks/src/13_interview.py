@@ -16,8 +16,9 @@
 #   download, no training) and asserted;
 # * a self-check widget for the multiple-choice items.
 #
-# The bank itself lives in `peftedu/interview.py` (plain data plus a few functions, unit-tested in
-# `tests/test_interview.py`), so the questions, the widget and this notebook cannot drift apart.
+# The bank itself is data, `data/interview/*.json` (questions, glossary, labels), read and checked by
+# `peftedu/course/interview.py`; the widget is `peftedu/course/quiz.py`; both are unit-tested in
+# `tests/test_interview.py`, so the questions, the widget and this notebook cannot drift apart.
 
 # %%
 %matplotlib inline
@@ -34,13 +35,15 @@ import peftedu
 from peftedu import IA3Config, LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
 from peftedu import quant as Q
 from peftedu.counting import count_parameters
-from peftedu.course.memory import estimate_training_memory, memory_table, method_memory, nf4_bits_per_param
+from peftedu.course.memory import estimate_training_memory, nf4_bits_per_param
+from peftedu.course.recipes import memory_table, method_memory
 from peftedu.course.shapes import LLAMA_SHAPES, activation_memory_gb
 from peftedu.course.explorers import lora_parameter_count
-from peftedu.course.interview import (GLOSSARY, LEVELS, QUESTIONS, TOPICS, SelfCheck, check_answer, get_question,
-                               pick_questions, select_questions, self_check_widget, to_markdown, validate_bank)
+from peftedu.course.interview import (GLOSSARY, LEVELS, QUESTIONS, TOPICS, check_answer, get_question, pick_questions,
+                                      select_questions, to_markdown, validate_bank)
 from peftedu.course.ledger import SOURCES, check_references, ledger_counts, ledger_markdown, load_ledger
 from peftedu.course.models import REPO_ROOT, build_from_config
+from peftedu.course.quiz import SelfCheck, self_check_widget
 
 transformers.utils.logging.disable_progress_bar()
 # transformers' deprecation notice about `is_gradient_checkpointing` would print the path of transformers here

@@ -16,170 +16,42 @@ until a browser shows them.
   notebook opened without a kernel, GitHub), a cell would show only the widget's text form, so each explorer also
   shows its default state as plain output -- the text and the figure -- followed by :data:`LIVE_NOTE`, and its
   text form names it instead of listing its children.
-* :func:`architecture` and :func:`decoder_layers` -- a model's shape read from its config under one set of
-  names (Llama's ``num_key_value_heads``, BLOOM's ``n_head``, ...), and its list of decoder blocks, so a
-  notebook derives its numbers and layer indices instead of assuming the default model's.
 """
 
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+from IPython.display import display
 from torch import nn
 
+from ..config import check_number
 from ..counting import count_parameters, format_trainable_parameters
-from .memory import METHODS, MemoryEstimate, method_memory
+from ..tuners import find_target_modules
+from .memory import MemoryEstimate
+from .recipes import METHODS, method_memory
+from .models import SHIPPED_ARCHITECTURES, as_model
 from .shapes import LLAMA_SHAPES, DecoderShape
 
-#: The 1B-class architectures shipped in data/model_configs (built on the meta device: no download).
-SHIPPED_ARCHITECTURES = ("smollm2-135m", "tinyllama-1.1b", "qwen2.5-1.5b", "smollm2-1.7b", "bloom-1b4-zh")
 RANK_CHOICES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-
-
-@functools.lru_cache(maxsize=8)
-def _meta_model(name: str) -> nn.Module:
-    """A shipped architecture on the meta device (cached: the explorers rebuild on every slider move)."""
-    from .models import build_from_config
-
-    return build_from_config(name)
-
-
-def _as_model(model_or_name: nn.Module | str) -> nn.Module:
-    if isinstance(model_or_name, nn.Module):
-        return model_or_name
-    if isinstance(model_or_name, str):
-        return _meta_model(model_or_name)
-    raise ValueError(f"Expected an nn.Module or a shipped architecture name {SHIPPED_ARCHITECTURES}, got {model_or_name!r}.")
-
-
-def _output_layer_names(model: nn.Module) -> set[str]:
-    """Names of the output layer (``lm_head``), which peft's ``"all-linear"`` leaves out."""
-    get_out = getattr(model, "get_output_embeddings", None)
-    out = get_out() if callable(get_out) else None
-    return {name for name, module in model.named_modules() if out is not None and module is out}
 
 
 def linear_suffixes(model_or_name: nn.Module | str) -> list[str]:
     """Last name component of every ``nn.Linear`` except the output layer, in model order
     (``["q_proj", "k_proj", ...]`` for LLaMA, ``["query_key_value", "dense", ...]`` for BLOOM)."""
-    model = _as_model(model_or_name)
-    skip = _output_layer_names(model)
-    names = [n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in skip]
-    return list(dict.fromkeys(names))
+    names = find_target_modules(as_model(model_or_name), "all-linear", allowed_types=(nn.Linear,))
+    return list(dict.fromkeys(n.rsplit(".", 1)[-1] for n in names))
 
 
 def match_target_modules(model: nn.Module, target_modules: Iterable[str] | str) -> dict[str, nn.Linear]:
-    """The modules LoRA would wrap, with peft's matching rules (see the module docstring).
-
-    Raises ValueError when a target matches nothing (peft's most common silent-looking mistake)
-    or matches a module that is not an ``nn.Linear``.
-    """
-    named = dict(model.named_modules())
-    if isinstance(target_modules, str):
-        if target_modules == "all-linear":
-            skip = _output_layer_names(model)
-            found = {n: m for n, m in named.items() if isinstance(m, nn.Linear) and n not in skip}
-            return found
-        pattern = target_modules
-        matched = {n: m for n, m in named.items() if n and re.fullmatch(pattern, n)}
-        if not matched:
-            raise ValueError(
-                f"The regular expression {pattern!r} matches no module name; a string target must match the "
-                f"whole name (e.g. r'.*\\.(q_proj|v_proj)'). Linear layers here: {linear_suffixes(model)}."
-            )
-    else:
-        targets = list(target_modules)
-        if not targets or not all(isinstance(t, str) and t for t in targets):
-            raise ValueError(f"target_modules must be 'all-linear', a regex, or a non-empty list of names; got {target_modules!r}.")
-        matched = {n: m for n, m in named.items() if any(n == t or n.endswith("." + t) for t in targets)}
-        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in matched)]
-        if missing:
-            raise ValueError(
-                f"Target modules {missing} match no module of {type(model).__name__}; "
-                f"its linear layers are {linear_suffixes(model)}."
-            )
-    not_linear = sorted({type(m).__name__ for m in matched.values() if not isinstance(m, nn.Linear)})
-    if not_linear:
-        raise ValueError(
-            f"target_modules also match modules of type {not_linear}; LoRA here wraps nn.Linear only. "
-            f"Name linear layers instead: {linear_suffixes(model)}."
-        )
-    return matched
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """What a notebook needs to know about a decoder, under one set of names for every model type."""
-
-    model_type: str
-    n_layers: int
-    hidden: int
-    mlp_hidden: int  #: width of the MLP's hidden layer (Llama's intermediate_size, BLOOM's 4 x hidden)
-    n_heads: int
-    n_kv_heads: int  #: key/value heads (= n_heads without grouped-query attention)
-    vocab: int
-    tied_embeddings: bool
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.n_heads
-
-    @property
-    def kv_dim(self) -> int:
-        """Width of the keys (and of the values): n_kv_heads x head_dim."""
-        return self.n_kv_heads * self.head_dim
-
-    def describe(self) -> str:
-        return (f"layers {self.n_layers}, hidden size {self.hidden}, MLP size {self.mlp_hidden}, "
-                f"query heads {self.n_heads}, key/value heads {self.n_kv_heads}, "
-                f"vocabulary {self.vocab:,}, tied embeddings {self.tied_embeddings}")
-
-
-def architecture(model_or_config) -> Architecture:
-    """The decoder's shape from a model or its config, whatever the model type calls each number.
-
-    Raises ValueError naming the missing field when the config lacks one (e.g. an encoder-decoder config)."""
-    config = getattr(model_or_config, "config", model_or_config)
-    if hasattr(config, "get_text_config"):
-        config = config.get_text_config()
-
-    def get(what, *names, default=None):
-        for name in names:
-            value = getattr(config, name, None)
-            if value is not None:
-                return value
-        if default is not None:
-            return default
-        raise ValueError(f"{type(config).__name__} (model_type {getattr(config, 'model_type', None)!r}) has no "
-                         f"{what} (looked for {', '.join(names)}): peftedu.course.explorers.architecture reads decoder-only "
-                         "causal LMs such as Llama, Qwen2, Mistral, BLOOM and GPT-2.")
-
-    hidden = get("the hidden size", "hidden_size", "n_embd", "d_model")
-    n_heads = get("the number of attention heads", "num_attention_heads", "n_head")
-    return Architecture(
-        model_type=str(getattr(config, "model_type", "")),
-        n_layers=get("the number of layers", "num_hidden_layers", "n_layer", "num_layers"),
-        hidden=hidden,
-        mlp_hidden=get("the MLP width", "intermediate_size", "n_inner", "ffn_dim", default=4 * hidden),
-        n_heads=n_heads,
-        n_kv_heads=get("the key/value heads", "num_key_value_heads", default=n_heads),
-        vocab=get("the vocabulary size", "vocab_size"),
-        tied_embeddings=bool(getattr(config, "tie_word_embeddings", True)),
-    )
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The model's list of decoder blocks (``model.layers`` of Llama/Qwen2, ``transformer.h`` of BLOOM/GPT-2):
-    the first ``nn.ModuleList`` as long as the config's number of layers."""
-    n_layers = architecture(model).n_layers
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
-            return module
-    raise ValueError(f"{type(model).__name__} has no nn.ModuleList of {n_layers} decoder blocks "
-                     "(its config's number of layers); pass a transformers causal LM.")
+    """The ``nn.Linear`` modules LoRA would wrap, by name: the library's matcher
+    (:func:`peftedu.tuners.find_target_modules`, peft's rules), whose errors name what exists."""
+    names = find_target_modules(model, target_modules, allowed_types=(nn.Linear,))
+    return {name: model.get_submodule(name) for name in names}
 
 
 @dataclass(frozen=True)
@@ -196,10 +68,6 @@ class LoraParameterCount:
     def total_params(self) -> int:
         return self.base_params + self.lora_params
 
-    @property
-    def trainable_percent(self) -> float:
-        return 100 * self.lora_params / self.total_params
-
     def __str__(self) -> str:
         return format_trainable_parameters((self.lora_params, self.total_params))
 
@@ -214,9 +82,8 @@ def lora_parameter_count(
     ``peft.get_peft_model(model, LoraConfig(r=r, target_modules=...)).get_nb_trainable_parameters()``
     reports (tested).
     """
-    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
-        raise ValueError(f"LoRA rank r must be a positive int, got {r!r}.")
-    model = _as_model(model_or_name)
+    check_number("r", r, integer=True)
+    model = as_model(model_or_name)
     matched = match_target_modules(model, target_modules)
     by_target: dict[str, int] = {}
     for name, module in matched.items():
@@ -230,14 +97,10 @@ def lora_parameter_count(
 def quantizable_params(model_or_name: nn.Module | str) -> int:
     """Weights that 4-bit loading replaces: every ``nn.Linear`` weight except the output layer
     (bitsandbytes/transformers keep ``lm_head``, embeddings, norms and biases in 16-bit)."""
-    model = _as_model(model_or_name)
-    skip = _output_layer_names(model)
-    seen, total = set(), 0
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and name not in skip and id(module.weight) not in seen:
-            seen.add(id(module.weight))
-            total += module.weight.numel()
-    return total
+    model = as_model(model_or_name)
+    weights = {id(w): w for w in (model.get_submodule(n).weight for n in
+                                  find_target_modules(model, "all-linear", allowed_types=(nn.Linear,)))}
+    return sum(w.numel() for w in weights.values())
 
 
 def lora_memory(
@@ -265,7 +128,7 @@ def memory_estimates(
     activations_gb: float | None = None,
 ) -> dict[str, MemoryEstimate]:
     """``{method: MemoryEstimate}`` for one model: a shipped architecture name (counted on the meta
-    device), a key of :data:`peftedu.course.memory.LLAMA_SHAPES` ("7B", "65B", ...) or a DecoderShape."""
+    device), a key of :data:`peftedu.course.shapes.LLAMA_SHAPES` ("7B", "65B", ...) or a DecoderShape."""
     if isinstance(model, str) and model in LLAMA_SHAPES:
         model = LLAMA_SHAPES[model]
     methods = list(methods)
@@ -285,7 +148,7 @@ def memory_estimates(
             if spec["adapter"]:
                 estimates[method] = lora_memory(model, lora_rank, lora_targets, method, activations_gb)
             else:
-                estimates[method] = method_memory(method, count_parameters(_as_model(model))[1], activations_gb=activations_gb)
+                estimates[method] = method_memory(method, count_parameters(as_model(model))[1], activations_gb=activations_gb)
         else:
             raise ValueError(
                 f"model must be a shipped architecture {SHIPPED_ARCHITECTURES}, a LLaMA size {list(LLAMA_SHAPES)} "
@@ -305,8 +168,6 @@ def plot_memory_breakdown(estimates: Mapping[str, MemoryEstimate], ax=None, gpu_
 
     ``gpu_gb`` draws a horizontal line at a GPU's memory. Returns the matplotlib Axes.
     """
-    import matplotlib.pyplot as plt
-
     if not estimates:
         raise ValueError("Nothing to plot: estimates is empty.")
     if ax is None:
@@ -340,17 +201,12 @@ LIVE_NOTE = "Run this cell in a live notebook to explore: the controls need a ru
 
 def _show(fig) -> None:
     """Render a figure inside the current (Output widget) context, then free it."""
-    import matplotlib.pyplot as plt
-    from IPython.display import display
-
     display(fig)
     plt.close(fig)
 
 
 @functools.lru_cache(maxsize=None)
 def _explorer_box_class():
-    import ipywidgets as widgets
-
     class ExplorerBox(widgets.VBox):
         """A VBox whose text form -- what a view without a kernel shows -- says what it is, not its children."""
 
@@ -366,7 +222,7 @@ def _explorer_box_class():
 
 def explorer_box(children, label: str):
     """``ipywidgets.VBox(children)`` whose ``repr`` is ``"<label> (interactive: ...)"`` (under ipywidgets' 110
-    characters), used by the explorers here and by :func:`peftedu.course.interview.self_check_widget`."""
+    characters), used by the explorers here and by :func:`peftedu.course.quiz.self_check_widget`."""
     return _explorer_box_class()(children, label)
 
 
@@ -389,8 +245,6 @@ def _default_rank_targets(name: str) -> list[str]:
 
 def _lora_view(name: str, rank: int, targets: list[str], plot: bool) -> None:
     """What the rank explorer shows for one setting: :func:`describe_lora`, then LoRA vs QLoRA bars."""
-    import matplotlib.pyplot as plt
-
     print(describe_lora(name, rank, targets))
     if plot:
         fig, ax = plt.subplots(figsize=(6, 3))
@@ -407,8 +261,6 @@ def lora_rank_explorer(architectures: Iterable[str] = SHIPPED_ARCHITECTURES, ran
     state (text, and the figure if ``plot``) and :data:`LIVE_NOTE`, so a view without a kernel shows the numbers.
     The computing is :func:`describe_lora` / :func:`lora_parameter_count` / :func:`lora_memory`.
     """
-    import ipywidgets as widgets
-
     architectures = list(architectures)
     if rank not in RANK_CHOICES:
         raise ValueError(f"rank must be one of {RANK_CHOICES}, got {rank}.")
@@ -443,8 +295,6 @@ GPU_CHOICES = (("none", 0), ("24 GB", 24), ("48 GB", 48), ("80 GB", 80))
 
 def _memory_view(model_name, method_names, lora_rank: int, activations_gb: float, gpu_gb: float, plot: bool) -> None:
     """What the memory explorer shows for one setting: a line per method, then the stacked bars."""
-    import matplotlib.pyplot as plt
-
     estimates = memory_estimates(model_name, method_names, lora_rank=lora_rank, activations_gb=activations_gb or None)
     for name, est in estimates.items():
         print(f"{name:>10}: {est.total_gb:8.1f} GB  ({METHODS[name]['description']})")
@@ -462,8 +312,6 @@ def memory_explorer(models: Iterable[str] = ("7B", "13B", "33B", "65B", "70B") +
     method, LoRA r=64, no activations, a 24 GB GPU: one line per method, and the figure if ``plot``) and
     :data:`LIVE_NOTE`, so a view without a kernel shows the numbers. The computing is :func:`memory_estimates`.
     """
-    import ipywidgets as widgets
-
     models = list(models)
     defaults = dict(model_name=models[0], method_names=tuple(METHODS), lora_rank=64, activations_gb=0.0, gpu_gb=24)
     if static:

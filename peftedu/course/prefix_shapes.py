@@ -20,46 +20,26 @@ rendering, the default setting's table and a note that the controls need a kerne
 
 from __future__ import annotations
 
-import functools
+import html
 import math
 from typing import NamedTuple
 
+import ipywidgets as widgets
 import torch
 from torch import nn
+from transformers import DynamicCache
 
-from ..config import check_positive
+from ..config import check_number
 from .explorers import LIVE_NOTE
+from .models import SHIPPED_ARCHITECTURES, as_model
+from .shapes import architecture
 from ..prefix_tuning import PrefixEncoder, PrefixTuningConfig, prefix_geometry, prefix_key_values
 from ..tuners import module_device, module_dtype
-
-ARCHITECTURES = ("smollm2-135m", "bloom-1b4-zh", "tinyllama-1.1b", "qwen2.5-1.5b", "smollm2-1.7b")
-
 
 class Step(NamedTuple):
     name: str
     shape: tuple[int, ...]
     explanation: str
-
-
-@functools.lru_cache(maxsize=8)
-def _meta_model(name: str) -> nn.Module:
-    from .models import build_from_config
-
-    return build_from_config(name)
-
-
-def _as_model(model_or_config) -> nn.Module:
-    if isinstance(model_or_config, nn.Module):
-        return model_or_config
-    if isinstance(model_or_config, str):
-        return _meta_model(model_or_config)
-    if hasattr(model_or_config, "to_dict"):  # a transformers config: build it without weights
-        from transformers import AutoModelForCausalLM
-
-        with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(model_or_config)
-    raise ValueError(f"Expected a model, a transformers config or a shipped name {ARCHITECTURES}; "
-                     f"got {type(model_or_config).__name__}.")
 
 
 def _is_attention(module: nn.Module) -> bool:
@@ -100,15 +80,12 @@ def prefix_shape_walkthrough(model_or_config, batch: int = 2, seq_len: int = 5,
                              num_virtual_tokens: int = 4) -> list[Step]:
     """The ordered steps of one prefix-tuned attention layer, each shape checked with an ``assert``."""
     for name, value in (("batch", batch), ("seq_len", seq_len), ("num_virtual_tokens", num_virtual_tokens)):
-        check_positive(name, value)
-    from transformers import DynamicCache
-
-    model = _as_model(model_or_config)
+        check_number(name, value, integer=True)
+    model = as_model(model_or_config)
     geometry = prefix_geometry(model.config)
     L, h_kv, d_h = geometry["num_layers"], geometry["num_kv_heads"], geometry["head_dim"]
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    h = getattr(config, "num_attention_heads", None) or config.n_head
-    d_model = getattr(config, "hidden_size", None) or config.n_embd
+    shape = architecture(model)
+    h, d_model = shape.n_heads, shape.hidden
     N, T, p = batch, seq_len, num_virtual_tokens
     device, dtype = module_device(model), module_dtype(model)
     q_proj, k_proj, v_proj, out_proj = _first_attention(model)
@@ -175,21 +152,17 @@ def _explorer_text(name: str, batch: int, seq_len: int, num_virtual_tokens: int)
 
 def _preformatted(text: str) -> str:
     """Monospace HTML that never wraps a line (a wide table scrolls sideways instead of breaking words)."""
-    import html
-
     return ('<pre style="white-space: pre; word-break: normal; overflow-wrap: normal; overflow-x: auto; '
             f'font-family: monospace; font-size: 12px; line-height: 1.35; margin: 0">{html.escape(text)}</pre>')
 
 
-def prefix_shape_explorer(architectures=ARCHITECTURES, num_virtual_tokens: int = 4, seq_len: int = 5,
+def prefix_shape_explorer(architectures=SHIPPED_ARCHITECTURES, num_virtual_tokens: int = 4, seq_len: int = 5,
                           batch: int = 2):
     """Sliders for p, T and batch plus an architecture dropdown; shows :func:`prefix_shape_walkthrough` as a
     monospace table that never wraps mid-word. Returns an ipywidgets ``VBox`` (builds headless; architectures
     are built on the meta device): ``children[0]`` holds the controls, ``children[1]`` the table (an ``HTML``
     widget). Where no kernel runs (a static rendering of the notebook), it shows the table for the default
     setting and :data:`STATIC_NOTE` instead of the controls."""
-    import ipywidgets as widgets
-
     architectures = list(architectures)
     style, layout = {"description_width": "initial"}, widgets.Layout(width="auto")
     arch = widgets.Dropdown(options=architectures, value=architectures[0], description="model", style=style,

@@ -1,12 +1,93 @@
-"""Model shapes: exact parameter and LoRA counts for models too big to build, even on "meta".
+"""Model shapes, read once for every notebook and tool.
 
-A :class:`DecoderShape` is the handful of numbers that fix a LLaMA-style decoder's size; from it come its
-parameter count, its LoRA parameter count for any rank and targets, and the order of its activation memory.
+* :func:`architecture` and :func:`decoder_layers` -- a model's shape read from its config under one set of
+  names (Llama's ``num_key_value_heads``, BLOOM's ``n_head``, ...), and its list of decoder blocks, so a
+  notebook derives its numbers and layer indices instead of assuming the default model's.
+* :class:`DecoderShape` -- the handful of numbers that fix a LLaMA-style decoder's size, for models too big to
+  build even on "meta": its exact parameter count, its LoRA parameter count for any rank and targets, and the
+  order of its activation memory (:func:`activation_memory_gb`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
+
+from torch import nn
+
+from ..config import check_number
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What a notebook needs to know about a decoder, under one set of names for every model type."""
+
+    model_type: str
+    n_layers: int
+    hidden: int
+    mlp_hidden: int  #: width of the MLP's hidden layer (Llama's intermediate_size, BLOOM's 4 x hidden)
+    n_heads: int
+    n_kv_heads: int  #: key/value heads (= n_heads without grouped-query attention)
+    vocab: int
+    tied_embeddings: bool
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.n_heads
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of the keys (and of the values): n_kv_heads x head_dim."""
+        return self.n_kv_heads * self.head_dim
+
+    def describe(self) -> str:
+        return (f"layers {self.n_layers}, hidden size {self.hidden}, MLP size {self.mlp_hidden}, "
+                f"query heads {self.n_heads}, key/value heads {self.n_kv_heads}, "
+                f"vocabulary {self.vocab:,}, tied embeddings {self.tied_embeddings}")
+
+
+def architecture(model_or_config) -> Architecture:
+    """The decoder's shape from a model or its config, whatever the model type calls each number.
+
+    Raises ValueError naming the missing field when the config lacks one (e.g. an encoder-decoder config)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+
+    def get(what, *names, default=None):
+        for name in names:
+            value = getattr(config, name, None)
+            if value is not None:
+                return value
+        if default is not None:
+            return default
+        raise ValueError(f"{type(config).__name__} (model_type {getattr(config, 'model_type', None)!r}) has no "
+                         f"{what} (looked for {', '.join(names)}): peftedu.course.shapes.architecture reads decoder-only "
+                         "causal LMs such as Llama, Qwen2, Mistral, BLOOM and GPT-2.")
+
+    hidden = get("the hidden size", "hidden_size", "n_embd", "d_model")
+    n_heads = get("the number of attention heads", "num_attention_heads", "n_head")
+    return Architecture(
+        model_type=str(getattr(config, "model_type", "")),
+        n_layers=get("the number of layers", "num_hidden_layers", "n_layer", "num_layers"),
+        hidden=hidden,
+        mlp_hidden=get("the MLP width", "intermediate_size", "n_inner", "ffn_dim", default=4 * hidden),
+        n_heads=n_heads,
+        n_kv_heads=get("the key/value heads", "num_key_value_heads", default=n_heads),
+        vocab=get("the vocabulary size", "vocab_size"),
+        tied_embeddings=bool(getattr(config, "tie_word_embeddings", True)),
+    )
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's list of decoder blocks (``model.layers`` of Llama/Qwen2, ``transformer.h`` of BLOOM/GPT-2):
+    the first ``nn.ModuleList`` as long as the config's number of layers."""
+    n_layers = architecture(model).n_layers
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    raise ValueError(f"{type(model).__name__} has no nn.ModuleList of {n_layers} decoder blocks "
+                     "(its config's number of layers); pass a transformers causal LM.")
 
 
 @dataclass(frozen=True)
@@ -56,17 +137,21 @@ class DecoderShape:
         unknown = [t for t in names if t not in shapes]
         if unknown:
             raise ValueError(f"Targets {unknown} are not linear layers of {self.name}; choose from {list(shapes)} or 'all-linear'.")
-        if not (isinstance(r, int) and r > 0):
-            raise ValueError(f"LoRA rank r must be a positive int, got {r!r}.")
+        check_number("r", r, integer=True)
         return self.n_layers * sum(r * sum(shapes[t]) for t in dict.fromkeys(names))
 
     @classmethod
-    def from_config(cls, config, name: str | None = None) -> "DecoderShape":
-        """From a transformers LLaMA-family config (LlamaConfig: TinyLlama, SmolLM2, ...)."""
-        if getattr(config, "model_type", None) not in ("llama", "mistral"):
+    def from_config(cls, config, name: str | None = None, *, ignore_biases: bool = False) -> "DecoderShape":
+        """From a transformers LLaMA-family config (LlamaConfig: TinyLlama, SmolLM2, ...).
+
+        ``ignore_biases=True`` also takes Qwen2 (Llama's layout plus biases on q/k/v, which this shape leaves
+        out: 0.01% of Qwen2.5-1.5B, nothing for a memory estimate; exact counts come from a meta-device model)."""
+        allowed = ("llama", "mistral") + (("qwen2",) if ignore_biases else ())
+        if getattr(config, "model_type", None) not in allowed:
             raise ValueError(
                 f"DecoderShape describes bias-free LLaMA-style models; got model_type={getattr(config, 'model_type', None)!r}. "
-                "Count other architectures on the meta device instead (peftedu.course.models.build_from_config)."
+                "Count other architectures on the meta device instead (peftedu.course.models.build_from_config)"
+                + ("." if ignore_biases else ", or pass ignore_biases=True for a Qwen2 estimate.")
             )
         return cls(
             name=name or getattr(config, "name_or_path", "") or config.model_type,
@@ -115,4 +200,4 @@ def activation_memory_gb(
     return total / 1e9  # GB = 10^9 bytes, the course's unit (peftedu.course.memory.GB)
 
 
-__all__ = ["LLAMA_SHAPES", "DecoderShape", "activation_memory_gb"]
+__all__ = ["LLAMA_SHAPES", "Architecture", "DecoderShape", "activation_memory_gb", "architecture", "decoder_layers"]

@@ -30,6 +30,11 @@ from pathlib import Path
 
 import torch
 
+from ..lora import LoraConfig
+from ..peft_model import get_peft_model
+from .models import build_from_config, pick_device
+from .showdown_setup import peak_flops
+
 #: LoRA on every linear layer of a Llama-style block (the setting of QLoRA, Dettmers et al. 2023).
 LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -48,8 +53,6 @@ def flops_per_token(config, n: int, seq_len: int, *, trainable_matmul: int, adap
 
 
 def _build(model_name: str, device, seed: int):
-    from .models import build_from_config
-
     torch.manual_seed(seed)
     return build_from_config(model_name, device=device, dtype=torch.bfloat16).train()
 
@@ -62,12 +65,10 @@ def _attach(model, method: str, rank: int):
         return model, matmul_params(model), 0
     targets = [name for name in LLAMA_LINEAR if any(n.endswith(name) for n, _ in model.named_modules())]
     if method == "lora":
-        import peftedu
-
-        wrapped = peftedu.get_peft_model(model, peftedu.LoraConfig(r=rank, lora_alpha=2 * rank,
-                                                                   target_modules=targets, lora_dropout=0.0))
+        wrapped = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets,
+                                                   lora_dropout=0.0))
     elif method == "lora (peft)":
-        import peft
+        import peft  # here, not at the top: HF peft is an optional (dev) dependency
 
         wrapped = peft.get_peft_model(model, peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets,
                                                              lora_dropout=0.0, task_type="CAUSAL_LM"))
@@ -80,9 +81,6 @@ def _attach(model, method: str, rank: int):
 def measure(model_name: str = "tinyllama-1.1b", *, methods=("full", "lora", "lora (peft)"), seq_len: int = 2048,
             batch_size: int = 8, steps: int = 10, warmup: int = 3, rank: int = 16, device=None, seed: int = 0) -> dict:
     """Time ``steps`` optimizer steps of each method (after ``warmup``) on the same random packed batch."""
-    from .models import pick_device
-    from .showdown import peak_flops
-
     device = pick_device(device)
     for name, value in (("seq_len", seq_len), ("batch_size", batch_size), ("steps", steps), ("rank", rank)):
         if not isinstance(value, int) or value < 1:
@@ -142,7 +140,7 @@ def to_markdown(result: dict) -> str:
              f"({result['batch_size'] * result['seq_len']:,} tokens), AdamW; LoRA r={result['rank']}, "
              f"α={2 * result['rank']} on every linear layer of each block. torch {result['torch']}, "
              f"{result['date']}. MFU against {result['peak_tflops'] or '–'} TFLOP/s dense bf16 "
-             "(FLOPs per token: 6N full, 4N + 6N_adapter LoRA, + 12·L·d·s attention; peftedu/throughput.py).", "",
+             "(FLOPs per token: 6N full, 4N + 6N_adapter LoRA, + 12·L·d·s attention; peftedu/course/throughput.py).", "",
              "| method | trainable | s/step | tokens/s | model TFLOP/s | MFU | peak MB | time ÷ full |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     full = next((r for r in result["rows"] if r["method"] == "full"), None)

@@ -1,4 +1,4 @@
-"""The training and evaluation loop shared by every notebook: short, plain, readable.
+"""The training loop shared by every notebook: short, plain, readable (scoring: :mod:`peftedu.course.evaluation`).
 
 ``train`` is the loop the course writes by hand instead of ``transformers.Trainer``::
 
@@ -38,21 +38,15 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from ..config import check_number
 from .peak_memory import measure_peak_memory
 from .compare import measured
-from .data import (
-    IGNORE_INDEX,
-    MAX_NEW_TOKENS,
-    SCORERS,
-    TrainingCollator,
-    build_prompt,
-    collate_for_generation,
-    load_task,
-    tokenize_dataset,
-)
+from .tokenization import IGNORE_INDEX, TrainingCollator, tokenize_dataset
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,8 +238,7 @@ def train(model, tokenizer, train_data, *, profile: str | Profile | None = None,
     max_length = max_length or p.max_length
     max_grad_norm = p.max_grad_norm if max_grad_norm is None else max_grad_norm
     for name, value in (("max_steps", max_steps), ("batch_size", batch_size), ("grad_accum", grad_accum)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+        check_number(name, value, integer=True)
     if warmup_steps is None:  # the profile's warm-up, shortened for runs of fewer steps than that
         warmup_steps = min(p.warmup_steps, max_steps - 1)
     lr_multiplier(0, max_steps, warmup_steps, schedule)  # validates schedule and warm-up early
@@ -287,8 +280,6 @@ def train(model, tokenizer, train_data, *, profile: str | Profile | None = None,
             order += torch.randperm(len(examples), generator=order_generator).tolist()
         chosen, order = order[:k], order[k:]
         return [examples[i] for i in chosen]
-
-    from tqdm.auto import tqdm
 
     history = TrainHistory(trainable_params=sum(param.numel() for param in trainable), profile=p.name)
 
@@ -334,81 +325,8 @@ def train(model, tokenizer, train_data, *, profile: str | Profile | None = None,
     return history
 
 
-# ---------------------------------------------------------------------------------------------
-# Generation and evaluation
-# ---------------------------------------------------------------------------------------------
-def _as_prompt(tokenizer, item) -> str:
-    if isinstance(item, str):
-        return item
-    if isinstance(item, dict) and "instruction" in item:
-        return build_prompt(tokenizer, item["instruction"], item.get("input") or "")
-    raise ValueError(f"Expected a prompt string or a record with an 'instruction' field; got {type(item).__name__}.")
-
-
-@torch.no_grad()
-def generate_answers(model, tokenizer, prompts_or_records, *, batch_size: int = 16, max_new_tokens: int = 32,
-                     progress: bool = False) -> list[str]:
-    """Greedy answers, batched with LEFT padding; returns only the new text, special tokens removed.
-
-    Strings are used as finished prompts (as :func:`peftedu.course.data.build_prompt` returns them);
-    records (dicts with ``instruction`` and optional ``input``) are formatted with ``build_prompt``.
-    """
-    prompts = [_as_prompt(tokenizer, item) for item in prompts_or_records]
-    if batch_size < 1 or max_new_tokens < 1:
-        raise ValueError(f"batch_size and max_new_tokens must be >= 1; got {batch_size}, {max_new_tokens}.")
-    from tqdm.auto import tqdm
-
-    was_training = model.training
-    model.eval()
-    device = model_device(model)
-    answers = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress):
-        batch = {k: v.to(device) for k, v in collate_for_generation(tokenizer, prompts[start:start + batch_size]).items()}
-        output = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        new_tokens = output[:, batch["input_ids"].shape[1]:]
-        answers += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-    model.train(was_training)
-    return answers
-
-
-def evaluate(model, tokenizer, task: str, split: str = "test", *, rows: int | str | None = None,
-             batch_size: int | None = None, max_new_tokens: int | None = None,
-             profile: str | Profile | None = None, progress: bool = False) -> dict:
-    """Score the model on a task split: ``{"score", "n", "task", "split", "wall_time_s", "examples"}``.
-
-    ``rows``: the first ``rows`` rows of the split; ``None`` -> the profile's ``eval_rows`` (quick: 48,
-    full: all); ``"all"`` -> every row. ``examples``: one dict per row with instruction, input,
-    reference, prediction and correct.
-    """
-    if task not in SCORERS:
-        raise ValueError(f"evaluate needs a scored task, one of {sorted(SCORERS)}; got {task!r}.")
-    p = get_profile(profile)
-    data = load_task(task, split)
-    rows = p.eval_rows if rows is None else rows
-    if rows == "all" or rows is None:
-        rows = len(data)
-    if not isinstance(rows, int) or rows < 1:
-        raise ValueError(f"rows must be a positive integer, 'all' or None; got {rows!r}.")
-    records = data.select(range(min(rows, len(data))))
-    start = time.perf_counter()
-    predictions = generate_answers(model, tokenizer, list(records), batch_size=batch_size or p.eval_batch_size,
-                                   max_new_tokens=max_new_tokens or MAX_NEW_TOKENS[task], progress=progress)
-    wall = time.perf_counter() - start
-    scorer = SCORERS[task]
-    examples = [
-        {"instruction": r["instruction"], "input": r["input"], "reference": r["output"], "prediction": pred,
-         "correct": bool(scorer(pred, r["output"]))}
-        for r, pred in zip(records, predictions)
-    ]
-    return {"score": sum(e["correct"] for e in examples) / len(examples), "n": len(examples), "task": task,
-            "split": split, "wall_time_s": wall, "examples": examples}
-
-
 def plot_history(history: TrainHistory, ax=None):
     """Loss per step (left axis) and learning rate (right axis, dashed); returns the loss axes."""
-    import matplotlib.pyplot as plt
-
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
     steps = range(1, history.steps + 1)
