@@ -142,9 +142,8 @@ def check_number(name: str, value, *, integer: bool = False, at_least: float | N
     """
     word = "integer" if integer else "number"
     allowed = numbers.Integral if integer else numbers.Real
-    low_ok = (value >= at_least if at_least is not None else value > 0) if isinstance(value, numbers.Real) else False
-    ok = not isinstance(value, bool) and isinstance(value, allowed) and low_ok and (below is None or value < below)
-    if ok:
+    if (not isinstance(value, bool) and isinstance(value, allowed)
+            and (value >= at_least if at_least is not None else value > 0) and (below is None or value < below)):
         return
     if below is not None:
         raise ValueError(f"{name} must be in [{at_least if at_least is not None else 0}, {below}), got {value!r}.")

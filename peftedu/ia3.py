@@ -51,7 +51,7 @@ def default_ia3_targets(model_or_type) -> tuple[list[str], list[str]]:
     hint = ("pass target_modules=[...] and feedforward_modules=[...] yourself (the key/value projections and the "
             "FFN's down projection).")
     targets = default_for_architecture(IA3_TARGET_MODULES, model_or_type, "IA3 target_modules", hint)
-    feedforward = default_for_architecture(IA3_FEEDFORWARD_MODULES, model_or_type, "IA3 target_modules", hint)
+    feedforward = default_for_architecture(IA3_FEEDFORWARD_MODULES, model_or_type, "IA3 feedforward_modules", hint)
     return list(targets), list(feedforward)
 
 
@@ -188,17 +188,13 @@ class IA3Tuner(Tuner):
 
     def target_names(self, model: nn.Module, config: IA3Config) -> list[str]:
         """The targets, defaults filled per architecture; every feedforward entry must be among them."""
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
         if config.target_modules is None:
-            if model_type not in IA3_TARGET_MODULES:
-                raise ValueError(f"No default IA3 target_modules for model_type {model_type!r} (known: "
-                                 f"{sorted(IA3_TARGET_MODULES)}); pass target_modules=[...] yourself.")
-            config.target_modules = list(IA3_TARGET_MODULES[model_type])
+            config.target_modules = list(default_for_architecture(
+                IA3_TARGET_MODULES, model, "IA3 target_modules", "pass target_modules=[...] yourself."))
         if config.feedforward_modules is None:
-            if model_type not in IA3_FEEDFORWARD_MODULES:
-                raise ValueError(f"No default IA3 feedforward_modules for model_type {model_type!r}; pass "
-                                 "feedforward_modules=[...] (a subset of target_modules, e.g. ['down_proj']).")
-            config.feedforward_modules = list(IA3_FEEDFORWARD_MODULES[model_type])
+            config.feedforward_modules = list(default_for_architecture(
+                IA3_FEEDFORWARD_MODULES, model, "IA3 feedforward_modules",
+                "pass feedforward_modules=[...] (a subset of target_modules, e.g. ['down_proj'])."))
         names = find_target_modules(model, config.target_modules)
         ff = config.feedforward_modules
         entries = [ff] if isinstance(ff, str) else [[f] for f in ff]  # a regex, or one-name lists

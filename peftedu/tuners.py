@@ -48,7 +48,6 @@ def get_tuner(peft_type: str) -> "Tuner":
 
 
 # ----------------------------------------------------------------------------- finding targets
-# The one target matcher of the package: every method (and quantize_model, and the course's counters) asks here.
 def linear_types() -> tuple[type, ...]:
     """Layer classes a method may wrap: nn.Linear and our 4-bit linear (QLoRA)."""
     return (nn.Linear, Linear4bit)
