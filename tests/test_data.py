@@ -74,7 +74,7 @@ def test_generation_is_deterministic():
     assert generate_task("extract") == generate_task("extract")
 
 
-@pytest.mark.parametrize("task", ["topic", "extract"])
+@pytest.mark.parametrize("task", ["topic", "extract", "lexicon"])
 def test_split_sizes_fields_and_no_overlap(task):
     splits = generate_task(task)
     assert {s: len(r) for s, r in splits.items()} == SPLIT_SIZES[task]
@@ -102,6 +102,24 @@ def test_extract_answers_are_canonical_and_grounded_in_the_text():
             assert fields["name"] in r["input"] and fields["city"] in r["input"]
             assert str(fields["age"]) in r["input"]
     assert canonical_json("Mara", 34, "Lyon") == '{"name": "Mara", "age": 34, "city": "Lyon"}'
+
+
+def test_lexicon_is_an_invented_language_learnable_from_train():
+    lexicon = data.make_lexicon()
+    assert lexicon == data.LEXICON == data.make_lexicon(data.TASK_SEEDS["lexicon"])
+    meanings = json.loads(VOCABULARY_PATH.read_text(encoding="utf-8"))["lexicon"]["meanings"]
+    assert sorted(lexicon.values()) == sorted(meanings) and len(set(lexicon)) == len(meanings)
+    assert not set(lexicon) & set(meanings)  # no Velish word is one of the English meanings
+    assert data.make_lexicon(seed=1) != lexicon  # the seed decides the words
+    splits = generate_task("lexicon")
+    seen_in_train = {w for r in splits["train"] for w in r["input"].split()}
+    assert seen_in_train == set(lexicon)  # every word a test phrase uses was taught
+    for records in splits.values():
+        for r in records:
+            words = r["input"].split()
+            assert len(words) == len(set(words)) == 3
+            assert r["output"] == " ".join(lexicon[w] for w in words)
+            assert r["instruction"] == data.LEXICON_INSTRUCTION
 
 
 def test_retention_questions():
@@ -259,6 +277,9 @@ def test_scorers_follow_their_stated_rules():
     ref = canonical_json("Mara", 34, "Lyon")
     assert score("extract", [f"  {ref}\n", ref.replace(", ", ","), '{"name": "Mara"}'], [ref] * 3) == pytest.approx(1 / 3)
     assert score("retention", ["The capital is PARIS.", "It is 15.", "5"], ["Paris", "5", "5"]) == pytest.approx(2 / 3)
+    assert score("lexicon", ["Red river stone.", "red stone", "stone river red", "red river stone extra"],
+                 ["red river stone"] * 4) == pytest.approx((1 + 1 / 3 + 1 / 3 + 1) / 4)
+    assert data.word_credit("", "red river stone") == 0
     assert set(data.SCORERS) == set(TASKS)
     with pytest.raises(ValueError, match="No scorer"):
         score("alpaca", ["a"], ["a"])

@@ -213,7 +213,9 @@ def test_evaluate_reports_score_and_examples(base):
     result = evaluate(model, tok, "retention", rows=3)
     assert result["n"] == 3 and len(result["examples"]) == 3 and result["task"] == "retention"
     assert result["score"] == sum(e["correct"] for e in result["examples"]) / 3
-    assert set(result["examples"][0]) == {"instruction", "input", "reference", "prediction", "correct"}
+    assert set(result["examples"][0]) == {"instruction", "input", "reference", "prediction", "correct", "credit"}
+    assert all(e["credit"] == float(e["correct"]) for e in result["examples"])  # all-or-nothing on retention
+    assert result["score"] == sum(e["credit"] for e in result["examples"]) / 3
     with pytest.raises(ValueError, match="scored task"):
         evaluate(model, tok, "shibing624/alpaca-zh")
     with pytest.raises(ValueError, match="rows must be"):

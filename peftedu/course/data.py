@@ -10,6 +10,12 @@ The course fine-tunes on three small tasks that our own code generates from a fi
   ``{"name": "Mara", "age": 34, "city": "Lyon"}`` (``json.dumps`` with default separators, keys in
   the order name, age, city, age an integer). Score: exact match after stripping whitespace at
   both ends.
+* ``lexicon`` -- translate a three-word phrase of Velish, a small invented language, into English word by
+  word (``"brask velo mirtan"`` -> ``"red river stone"``). The sixteen Velish words are made up by this
+  module from syllables, so the base model cannot know them: the task needs *new knowledge*, the kind
+  of learning that separates the methods (Biderman et al. 2024 find LoRA learns new knowledge less
+  than full fine-tuning). Score: the share of the three words translated right, in place (partial
+  credit, so a method that learns half the words scores about 0.5).
 * ``retention`` -- short general-knowledge questions the base model answers correctly. Score: the
   expected answer appears in the answer as a whole word, ignoring case. A drop after fine-tuning
   on another task measures forgetting (灾难性遗忘, catastrophic forgetting).
@@ -36,16 +42,17 @@ from datasets import load_dataset
 from .models import REPO_ROOT, data_dir
 from .tokenization import quiet_datasets
 
-TASKS = ("topic", "extract", "retention")
+TASKS = ("topic", "extract", "lexicon", "retention")
 SPLITS = ("train", "validation", "test")
 SPLIT_SIZES = {
     "topic": {"train": 400, "validation": 100, "test": 100},
     "extract": {"train": 400, "validation": 100, "test": 100},
+    "lexicon": {"train": 400, "validation": 100, "test": 100},
 }
 #: Seed of each generated task (the generator is ``random.Random(seed)``).
-TASK_SEEDS = {"topic": 1001, "extract": 2002, "retention": 3003}
+TASK_SEEDS = {"topic": 1001, "extract": 2002, "lexicon": 4004, "retention": 3003}
 #: How many new tokens an evaluation generates per task (enough for any correct answer + eos).
-MAX_NEW_TOKENS = {"topic": 6, "extract": 32, "retention": 24}
+MAX_NEW_TOKENS = {"topic": 6, "extract": 32, "lexicon": 10, "retention": 24}
 
 # ---------------------------------------------------------------------------------------------
 # The vocabulary: the generators' words, read from a JSON file
@@ -57,6 +64,7 @@ VOCABULARY_PATH = REPO_ROOT / "data" / "task_vocabulary.json"
 VOCABULARY_KEYS = {
     "topic": ("instruction", "labels", "subjects", "shared_subjects", "events", "contexts", "templates"),
     "extract": ("instruction", "names", "cities", "jobs", "templates"),
+    "lexicon": ("instruction", "onsets", "vowels", "codas", "meanings", "phrase_length"),
     "retention": ("questions",),
 }
 
@@ -82,6 +90,10 @@ def load_vocabulary(path: str | Path = VOCABULARY_PATH) -> dict:
         if missing:
             raise ValueError(f"{path}: {task!r} lacks the keys {missing}; it needs {keys}.")
         _check_filled(path, task, section)
+        if task == "lexicon" and not (isinstance(section["phrase_length"], int)
+                                      and 1 <= section["phrase_length"] <= len(section["meanings"])):
+            raise ValueError(f"{path}: lexicon.phrase_length is {section['phrase_length']!r}; it needs an integer "
+                             f"from 1 to the number of meanings ({len(section['meanings'])}).")
         if "instruction" in section and not section["instruction"].strip():
             raise ValueError(f"{path}: {task}.instruction is empty; it needs the instruction every record carries.")
     topic = vocabulary["topic"]
@@ -106,7 +118,7 @@ def _check_filled(path: Path, where: str, value) -> None:
 
 
 _VOCABULARY = load_vocabulary()
-_TOPIC, _EXTRACT = _VOCABULARY["topic"], _VOCABULARY["extract"]
+_TOPIC, _EXTRACT, _LEXICON = _VOCABULARY["topic"], _VOCABULARY["extract"], _VOCABULARY["lexicon"]
 
 
 def _capitalize(text: str) -> str:
@@ -157,7 +169,40 @@ def _extract_record(rng: random.Random) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Task (c): retention (general knowledge the base model already has)
+# Task (c): lexicon -- new knowledge, an invented language word by word
+# ---------------------------------------------------------------------------------------------
+LEXICON_INSTRUCTION = _LEXICON["instruction"]
+
+
+def make_lexicon(seed: int = TASK_SEEDS["lexicon"]) -> dict[str, str]:
+    """The Velish-English lexicon: one invented word per English meaning, ``{"brask": "red", ...}``.
+
+    Each word is two syllables drawn from the vocabulary's onsets, vowels and codas by
+    ``random.Random(seed)``; a word is drawn again if it repeats an earlier one or an English meaning.
+    """
+    rng = random.Random(seed)
+    words: dict[str, str] = {}
+    for meaning in _LEXICON["meanings"]:
+        while True:
+            word = (rng.choice(_LEXICON["onsets"]) + rng.choice(_LEXICON["vowels"]) + rng.choice(_LEXICON["onsets"])
+                    + rng.choice(_LEXICON["vowels"]) + rng.choice(_LEXICON["codas"]))
+            if word not in words and word not in _LEXICON["meanings"]:
+                break
+        words[word] = meaning
+    return words
+
+
+LEXICON = make_lexicon()
+
+
+def _lexicon_record(rng: random.Random) -> dict:
+    words = rng.sample(sorted(LEXICON), k=_LEXICON["phrase_length"])
+    return {"instruction": LEXICON_INSTRUCTION, "input": " ".join(words),
+            "output": " ".join(LEXICON[w] for w in words)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Task (d): retention (general knowledge the base model already has)
 # ---------------------------------------------------------------------------------------------
 #: (question, expected answer word). Kept only if SmolLM2-135M-Instruct answers it correctly
 #: with greedy decoding (checked when the list was written; ``tests/test_data.py`` re-checks that
@@ -172,13 +217,13 @@ def _retention_records() -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 # Generation and files
 # ---------------------------------------------------------------------------------------------
-_RECORD_MAKERS = {"topic": _topic_record, "extract": _extract_record}
+_RECORD_MAKERS = {"topic": _topic_record, "extract": _extract_record, "lexicon": _lexicon_record}
 
 
 def generate_task(name: str) -> dict[str, list[dict]]:
     """All splits of one task as lists of records, deterministic (``random.Random(TASK_SEEDS[name])``).
 
-    ``topic``/``extract``: unique inputs, drawn until every split is full, so no sentence appears in
+    ``topic``/``extract``/``lexicon``: unique inputs, drawn until every split is full, so no sentence appears in
     two splits. ``retention``: ``test`` holds every question, ``validation`` a seeded subset of 10.
     """
     if name not in TASKS:
@@ -296,16 +341,25 @@ def contains_word(prediction: str, reference: str) -> bool:
     return re.search(rf"\b{re.escape(reference.strip())}\b", prediction, flags=re.IGNORECASE) is not None
 
 
-#: Per-example scorer of each task: ``(prediction, reference) -> bool``.
-SCORERS: dict[str, Callable[[str, str], bool]] = {
+def word_credit(prediction: str, reference: str) -> float:
+    """``lexicon``: the share of the reference's words that the answer has in the same place (lower case,
+    punctuation around a word ignored); ``"red river stone"`` against ``"red stone"`` scores 1/3."""
+    said = [w.strip(".,;:!?\"'").lower() for w in prediction.split()]
+    wanted = reference.lower().split()
+    return sum(i < len(said) and said[i] == w for i, w in enumerate(wanted)) / len(wanted)
+
+
+#: Per-example scorer of each task: ``(prediction, reference) -> credit``, True/False or a share in [0, 1].
+SCORERS: dict[str, Callable[[str, str], float]] = {
     "topic": label_match,
     "extract": exact_match,
+    "lexicon": word_credit,
     "retention": contains_word,
 }
 
 
 def score(task: str, predictions: Iterable[str], references: Iterable[str]) -> float:
-    """Mean of the task's per-example scorer over ``predictions`` vs ``references`` (in [0, 1])."""
+    """Mean of the task's per-example credit over ``predictions`` vs ``references`` (in [0, 1])."""
     if task not in SCORERS:
         raise ValueError(f"No scorer for task {task!r}; scored tasks are {sorted(SCORERS)}.")
     predictions, references = list(predictions), list(references)

@@ -57,7 +57,7 @@ def evaluate(model, tokenizer, task: str, split: str = "test", *, rows: int | st
 
     ``rows``: the first ``rows`` rows of the split; ``None`` -> the profile's ``eval_rows`` (quick: 48,
     full: all); ``"all"`` -> every row. ``examples``: one dict per row with instruction, input,
-    reference, prediction and correct.
+    reference, prediction, correct (the whole answer right) and credit (what it scored, in [0, 1]).
     """
     if task not in SCORERS:
         raise ValueError(f"evaluate needs a scored task, one of {sorted(SCORERS)}; got {task!r}.")
@@ -74,12 +74,12 @@ def evaluate(model, tokenizer, task: str, split: str = "test", *, rows: int | st
                                    max_new_tokens=max_new_tokens or MAX_NEW_TOKENS[task], progress=progress)
     wall = time.perf_counter() - start
     scorer = SCORERS[task]
-    examples = [
-        {"instruction": r["instruction"], "input": r["input"], "reference": r["output"], "prediction": pred,
-         "correct": bool(scorer(pred, r["output"]))}
-        for r, pred in zip(records, predictions)
-    ]
-    return {"score": sum(e["correct"] for e in examples) / len(examples), "n": len(examples), "task": task,
+    examples = []
+    for r, pred in zip(records, predictions):
+        credit = float(scorer(pred, r["output"]))  # 1/0 for a right/wrong answer, a share for partial credit
+        examples.append({"instruction": r["instruction"], "input": r["input"], "reference": r["output"],
+                         "prediction": pred, "correct": credit == 1.0, "credit": credit})
+    return {"score": sum(e["credit"] for e in examples) / len(examples), "n": len(examples), "task": task,
             "split": split, "wall_time_s": wall, "examples": examples}
 
 
