@@ -23,7 +23,7 @@ import sys
 import time
 
 from . import LoraConfig, get_peft_model
-from .course import showdown
+from .course import lora_study, showdown, showdown_grid
 from .course.data import load_task, write_tasks
 from .course.models import DEFAULT_MODEL, MODEL_ALIASES, check_model_name, load_base, resolve_source
 from .course.evaluation import evaluate
@@ -150,8 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
 )
     add_model_and_profile(p)
     showdown.add_arguments(p)
-    p.set_defaults(func=showdown.main, parser=p)
+    p.set_defaults(func=run_showdown, parser=p)
     return parser
+
+
+def run_showdown(args) -> None:
+    """``showdown``: the side-by-side table, or with ``--grid`` the seeds × learning rates comparison, or with
+    ``--study`` LoRA's rank sweep and tips."""
+    if args.grid and args.study:
+        args.parser.error("--grid and --study are two commands: run --grid first, then --study.")
+    (showdown_grid.main if args.grid else lora_study.main if args.study else showdown.main)(args)
 
 
 def main(argv=None) -> None:

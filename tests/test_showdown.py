@@ -92,7 +92,7 @@ def _row(method, impl, score, step, memory):
     return {"method": method, "impl": impl, "family": "f", "trainable": 10, "total": 1000, "trainable_pct": 1.0,
             "time_per_step_s": step, "tokens_per_s": 100.0, "peak_memory_mb": memory, "score": score,
             "retention": 0.5, "forgetting": 0.25, "latency_unmerged_rel": 1.1, "latency_merged_rel": 1.0,
-            "steps": 2, "tokens": 50, "note": "", "device": "cpu", "mfu": None}
+            "steps": 2, "tokens": 50, "note": "", "device": "cpu", "mfu": None, "model": "m", "weights": "random"}
 
 
 def test_ratios_are_peftedu_over_peft_and_written_to_every_file(tmp_path):
@@ -117,6 +117,42 @@ def test_ratios_are_peftedu_over_peft_and_written_to_every_file(tmp_path):
     assert json.loads(paths["json"].read_text())["rows"][0]["method"] == "lora"
     for key in ("plot_score", "plot_memory", "plot_time"):
         assert paths[key].stat().st_size > 1000
+
+
+def test_interleaved_repeats_give_the_median_ratio_so_one_slow_run_cannot_move_it():
+    rows = [_row("lora", "peftedu", 0.9, 2.2, 300.0), _row("lora", "peft", 0.8, 2.0, 300.0)]  # a slow first pair
+    again = [{**_row("lora", impl, 0.9, step, 300.0), "repeat": k}
+             for k, impl, step in [(1, "peft", 2.0), (1, "peftedu", 2.0), (2, "peftedu", 1.9), (2, "peft", 2.0)]]
+    report.compare_with_peft(rows, again)
+    assert rows[0]["time_ratios_vs_peft"] == pytest.approx([1.1, 1.0, 0.95])
+    assert rows[0]["time_ratio_vs_peft"] == pytest.approx(1.0)  # the median, not the first pair's 1.10
+    assert rows[0]["memory_ratio_vs_peft"] == 1.0 and rows[0]["peft_score"] == 0.8  # the score: repeat 0's
+    with pytest.raises(ValueError, match="repeats must be an integer >= 1"):
+        sd.showdown(SMOKE, methods=["lora"], repeats=0)
+
+
+def test_repeats_are_logged_apart_and_alternate_which_library_goes_first(tmp_path, monkeypatch):
+    order = []
+
+    def fake(name, impl, settings):
+        order.append((impl, settings.repeat))
+        return {**_row(name, impl, 0.5, 1.0 + settings.repeat, 100.0), "repeat": settings.repeat}
+
+    monkeypatch.setattr(sd, "run_one", fake)
+    monkeypatch.setattr(sd, "baseline_scores", lambda settings: {"score": 0.0, "retention": 1.0, "eval_rows": 4})
+    log = tmp_path / "runs.jsonl"
+    result = sd.showdown(SMOKE, methods=["lora"], isolate=False, serving=False, progress=False, log=log, repeats=3)
+    assert order == [("peftedu", 0), ("peft", 0), ("peft", 1), ("peftedu", 1), ("peftedu", 2), ("peft", 2)]
+    assert result["rows"][0]["time_ratios_vs_peft"] == [1.0, 1.0, 1.0]
+    monkeypatch.setattr(sd, "run_one", lambda *a: pytest.fail("a logged repeat was run again"))
+    sd.showdown(SMOKE, methods=["lora"], isolate=False, serving=False, progress=False, log=log, repeats=3, run=False)
+
+
+def test_a_short_init_text_is_repeated_to_fill_the_prefix_and_a_long_one_is_kept():
+    words = lambda text: {"input_ids": text.split()}  # a tokenizer with one token per word
+    assert sd._filled(words, "translate each word", 7) == "translate each word translate each word translate each word"
+    assert sd._filled(words, "one two three four", 4) == "one two three four"
+    assert set(sd.TEXT_INITS) == {"topic", "extract", "lexicon"} and sd.TEXT_INIT == sd.TEXT_INITS["topic"]
 
 
 def test_a_mixed_batch_of_eight_adapters_equals_switching_request_by_request():

@@ -20,11 +20,8 @@ on CUDA it is ``torch.cuda.max_memory_allocated``. Model FLOPs utilisation (GPU 
 ``6 N`` FLOPs per token for full fine-tuning and ``4 N`` for a frozen base (forward ``2N``, backward to the
 activations ``2N``; the adapters' own FLOPs are left out), against the device's dense bf16 peak.
 
-This module is the harness: the methods, one run, the whole showdown and its command line. What a run starts
-from (settings, model, timed forward pass) is :mod:`.showdown_setup`; the serving benchmark is
-:mod:`.showdown_serving`; the CSV, Markdown and figures are :mod:`.showdown_report`. Their public names are
-importable from here too.
-"""
+This module is the harness (methods, one run, the showdown, its command line); a run starts from
+:mod:`.showdown_setup`; serving is :mod:`.showdown_serving`, the files :mod:`.showdown_report`."""
 
 from __future__ import annotations
 
@@ -35,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -45,7 +42,7 @@ from tqdm.auto import tqdm
 from ..adalora import AdaLoraConfig
 from ..adapters import AdapterConfig
 from ..bitfit import BitFitConfig
-from ..config import PeftConfig
+from ..config import PeftConfig, check_number
 from ..counting import count_parameters
 from ..ia3 import IA3Config
 from ..llama_adapter import AdaptionPromptConfig
@@ -56,7 +53,7 @@ from ..peft_model import get_peft_model
 from ..prefix_tuning import PrefixTuningConfig, prefix_from_text
 from ..prompt_tuning import PromptTuningConfig
 from ..quant import quantize_model
-from . import throughput
+from . import lowrank, throughput
 from .data import load_task
 from .showdown_report import compare_with_peft, write_results
 from .showdown_serving import serving_benchmark
@@ -64,7 +61,11 @@ from .showdown_setup import LLAMA_ATTN, Settings, forward_latency, latency_batch
 from .training import get_profile, model_device, set_seed, train
 from .evaluation import evaluate
 
-TEXT_INIT = "Classify the topic of the sentence as sports, cooking, travel or technology."
+#: the text that prompt and prefix tuning start from, per task (Lester et al.; Li & Liang)
+TEXT_INITS = {"topic": "Classify the topic of the sentence as sports, cooking, travel or technology.",
+              "extract": "Extract the name, age and city of the person as one line of JSON.",
+              "lexicon": "Translate each Velish word into its English word."}
+TEXT_INIT = TEXT_INITS["topic"]
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("bitfit", "selective", 1e-3, "ours", BitFitConfig, lambda model, tok, prof: {},
            note="adds zero-initialised biases: Llama has none; peft has no BitFit"),
     Method("prompt_tuning", "soft prompt", 3e-2, "peft", PromptTuningConfig, lambda model, tok, prof: dict(
-        num_virtual_tokens=16, prompt_tuning_init="TEXT", prompt_tuning_init_text=TEXT_INIT,
+        num_virtual_tokens=16, prompt_tuning_init="TEXT", prompt_tuning_init_text=TEXT_INIT,  # attach: the task's
         tokenizer_name_or_path=tok.name_or_path)),
     Method("p_tuning", "soft prompt", 3e-3, "peft", PromptEncoderConfig, lambda model, tok, prof: dict(
         num_virtual_tokens=16, encoder_hidden_size=128)),
@@ -129,7 +130,10 @@ def attach(model, tokenizer, method: Method, impl: str, settings: Settings, prof
         return model, None
     if method.kind == "qlora":
         quantize_model(model)
-    kwargs = method.kwargs(model, tokenizer, profile)
+    kwargs = method.kwargs(model, tokenizer, profile) | (settings.overrides or {})
+    text_init = TEXT_INITS.get(settings.task, TEXT_INIT)
+    if "prompt_tuning_init_text" in kwargs:
+        kwargs["prompt_tuning_init_text"] = text_init
     if impl == "peft":
         if method.kind == "ours":
             raise ValueError(f"peft has no {method.name}.")
@@ -144,15 +148,22 @@ def attach(model, tokenizer, method: Method, impl: str, settings: Settings, prof
     if method.config_class is PrefixTuningConfig:  # the same text initialisation for both (N(0, 1) barely trains here)
         with torch.no_grad():
             wrapped.prompt_encoder["default"].embedding.weight.copy_(
-                prefix_from_text(model, tokenizer, TEXT_INIT, kwargs["num_virtual_tokens"]))
+                prefix_from_text(model, tokenizer, _filled(tokenizer, text_init, kwargs["num_virtual_tokens"]),
+                                 kwargs["num_virtual_tokens"]))
     optimizer = None
     if method.kind == "loraplus":
         if impl == "peft":
             from peft.optimizers import create_loraplus_optimizer as create  # optional, as above
         else:
             create = create_loraplus_optimizer
-        optimizer = create(model=wrapped, optimizer_cls=torch.optim.AdamW, lr=method.lr, loraplus_lr_ratio=16)
+        optimizer = create(model=wrapped, optimizer_cls=torch.optim.AdamW, lr=settings.lr or method.lr,
+                           loraplus_lr_ratio=16)
     return wrapped, optimizer
+
+
+def _filled(tokenizer, text: str, n: int) -> str:
+    """``text`` repeated until it has ``n`` tokens (a short init text fills the prefix as prompt tuning's does)."""
+    return next(t for k in range(1, n + 1) if len(tokenizer(t := " ".join([text] * k))["input_ids"]) >= n)
 
 
 def run_one(method_name: str, impl: str, settings: Settings) -> dict:
@@ -166,16 +177,21 @@ def run_one(method_name: str, impl: str, settings: Settings) -> dict:
     base_params = sum(p.numel() for p in model.parameters())
     base_latency = forward_latency(model, batch, settings.latency_repeats)
 
+    before = lowrank.snapshot(model) if settings.delta_w and method.kind == "full" else None
     set_seed(settings.seed)
     wrapped, optimizer = attach(model, tokenizer, method, impl, settings, profile)
+    lr = settings.lr or method.lr
     trainable, total = count_parameters(wrapped)
     # what is resident before training (weights, adapters): the peak below is measured above it
     resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
     history = train(wrapped, tokenizer, load_task(settings.task, "train"), profile=profile,
                     max_steps=settings.max_steps, optimizer=optimizer,
-                    lr=None if optimizer is not None else method.lr, seed=settings.seed, progress=False)
+                    lr=None if optimizer is not None else lr, seed=settings.seed, progress=False)
     scored = not settings.random_weights  # random weights score nothing: such a run measures cost only
     score = evaluate(wrapped, tokenizer, settings.task, profile=profile, rows=settings.eval_rows) if scored else None
+    validation = evaluate(wrapped, tokenizer, settings.task, split="validation", profile=profile,
+                          rows=settings.eval_rows) if scored and settings.validation else None
+    spectra = None if before is None else lowrank.update_spectra(before, wrapped)
     twin = impl == "peft"  # a peft twin is compared on time, memory and score; forgetting and latency: ours only
     retention = None if twin or not scored else evaluate(wrapped, tokenizer, "retention", profile=profile,
                                                          rows=settings.eval_rows if settings.eval_rows else "all")
@@ -189,7 +205,8 @@ def run_one(method_name: str, impl: str, settings: Settings) -> dict:
     flops_per_token = (6 if method.kind == "full" else 4) * base_params
     peak = peak_flops(device)
     return {
-        "method": method.name, "impl": impl, "family": method.family, "lr": method.lr,
+        "method": method.name, "impl": impl, "family": method.family, "lr": lr, "seed": settings.seed,
+        "repeat": settings.repeat,
         "trainable": trainable, "total": total, "trainable_pct": 100 * trainable / total,
         "steps": history.steps, "tokens": history.tokens,
         "time_per_step_s": step_s, "tokens_per_s": tokens_per_step / step_s,
@@ -198,7 +215,9 @@ def run_one(method_name: str, impl: str, settings: Settings) -> dict:
         "resident_mb": None if resident is None else resident / 1e6,
         "loss_first": history.loss[0], "loss_last": history.loss[-1],
         "score": None if score is None else score["score"], "eval_rows": None if score is None else score["n"],
+        "val_score": None if validation is None else validation["score"],
         "retention": None if retention is None else retention["score"],
+        "retention_answers": None if retention is None else [e["prediction"] for e in retention["examples"]],
         "latency_base_s": base_latency,
         "latency_unmerged_rel": None if twin else unmerged_latency / base_latency,
         "latency_merged_rel": None if merged_latency is None else merged_latency / base_latency,
@@ -206,7 +225,8 @@ def run_one(method_name: str, impl: str, settings: Settings) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "dtype": str(next(model.parameters()).dtype).replace("torch.", "") if method.kind != "qlora" else "nf4+fp32",
         "model": getattr(model, "name_or_path", None) or str(settings.model), "weights": weights,
-        "note": method.note,
+        "note": method.note, "overrides": settings.overrides,
+        **({} if spectra is None else {"delta_w": spectra}),
     }
 
 
@@ -243,7 +263,7 @@ def load_log(log: Path | None, settings: Settings) -> list[dict]:
     if log is None or not log.exists():
         return []
     entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return [e for e in entries if e.get("settings") == settings.__dict__]
+    return [e for e in entries if "settings" in e and Settings.from_dict(e["settings"]) == settings]
 
 
 def _append_log(log: Path | None, entry: dict, settings: Settings) -> None:
@@ -254,13 +274,16 @@ def _append_log(log: Path | None, entry: dict, settings: Settings) -> None:
 
 
 def showdown(settings: Settings, methods: list[str] | None = None, with_peft: bool = True, isolate: bool = True,
-             serving: bool = True, progress: bool = True, log: Path | None = None, run: bool = True) -> dict:
+             serving: bool = True, progress: bool = True, log: Path | None = None, run: bool = True,
+             repeats: int = 1) -> dict:
     """Run every method (and its peft twin), return ``{"rows", "baseline", "serving", ...}``.
 
     ``log``: a JSON Lines file; each finished run is appended to it, and runs it already holds (with the same
     settings) are not repeated. Several processes may share it (e.g. ``--methods`` split in two on two cores);
     a last call with every method then only collects. ``run=False``: collect only, never train.
-    """
+    ``repeats``: run each peftedu/peft pair ``repeats - 1`` more times, alternating which goes first; each time and
+    memory ratio is then the median over the pairs (:func:`.showdown_report.compare_with_peft`)."""
+    check_number("repeats", repeats, integer=True, at_least=1)
     methods = methods or list(METHODS)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -289,7 +312,21 @@ def showdown(settings: Settings, methods: list[str] | None = None, with_peft: bo
             row["forgetting"] = None if row["retention"] is None else baseline["retention"] - row["retention"]
             _append_log(log, {"row": row}, settings)
         rows.append(row)
-    compare_with_peft(rows)
+    again = []
+    twins = [m for m in methods if with_peft and METHODS[m].kind in ("peft", "loraplus")]
+    for k in range(1, repeats):  # interleaved: pair by pair, the order flipped every other repeat
+        settings_k = replace(settings, repeat=k)
+        done_k = {(e["row"]["method"], e["row"]["impl"]): e["row"] for e in load_log(log, settings_k) if "row" in e}
+        for method_name in twins:
+            for impl in ("peft", "peftedu") if k % 2 else ("peftedu", "peft"):
+                row = done_k.get((method_name, impl))
+                if row is None:
+                    if not run:
+                        raise ValueError(f"The log {log} has no repeat {k} of {method_name}/{impl}.")
+                    row = run_isolated(method_name, impl, settings_k) if isolate else run_one(method_name, impl, settings_k)
+                    _append_log(log, {"row": row}, settings_k)
+                again.append(row)
+    compare_with_peft(rows, again)
     first = rows[0]
     return {"rows": rows, "baseline": baseline, "settings": settings.__dict__,
             "serving": serving_benchmark(settings) if serving else None,
@@ -301,7 +338,7 @@ def add_arguments(parser) -> None:
     """The showdown's own options (``--model`` and ``--profile`` are added by the command line, as for tour)."""
     parser.add_argument("--methods", nargs="+", default=None, choices=list(METHODS), metavar="METHOD",
                         help=f"a subset of: {', '.join(METHODS)} (default: all)")
-    parser.add_argument("--task", default="topic", choices=["topic", "extract"],
+    parser.add_argument("--task", default="topic", choices=["topic", "extract", "lexicon"],
                         help="the task every method is trained and scored on (default: topic)")
     parser.add_argument("--seed", type=int, default=0,
                         help="the seed of every run: data order and initialisation (default: 0)")
@@ -314,6 +351,9 @@ def add_arguments(parser) -> None:
                         help="JSON Lines log of finished runs, reused with the same settings "
                              "(default: OUT/showdown_runs.jsonl)")
     parser.add_argument("--no-serving", action="store_true", help="skip the many-adapters serving benchmark")
+    parser.add_argument("--repeats", type=int, default=1, metavar="K",
+                        help="time each peftedu/peft pair K times, interleaved, and report the median ratio "
+                             "(default: 1)")
     parser.add_argument("--random-weights", action="store_true",
                         help="build the model from its shipped config with random weights (no download; no scores)")
     parser.add_argument("--smoke", action="store_true",
@@ -322,6 +362,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-steps", type=int, default=None, metavar="N",
                         help="train each method for N steps instead of the profile's, e.g. to measure peak memory "
                              "(default: the profile's)")
+    parser.add_argument("--grid", action="store_true", help="instead: learning rates chosen on validation, 3 seeds "
+                        "on test, mean ± sd (peftedu/course/showdown_grid.py; lexicon, 36 steps; about an hour)")
+    parser.add_argument("--study", action="store_true", help="instead, after --grid: LoRA's rank sweep and source "
+                        "003's tips (peftedu/course/lora_study.py; about 35 minutes on two CPU cores)")
     parser.add_argument("--throughput", action="store_true",
                         help="instead: time LoRA, HF peft's LoRA and full fine-tuning on packed sequences at a realistic "
                              "length, with MFU (peftedu/course/throughput.py; random weights of --model, a shipped config; "
@@ -355,7 +399,7 @@ def main(args) -> None:
     command = "python -m peftedu showdown " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["showdown"] else [])
     log = None if args.smoke else Path(args.log or Path(args.out) / "showdown_runs.jsonl")
     result = showdown(settings, methods=args.methods, with_peft=not args.no_peft, isolate=not args.smoke,
-                      serving=not args.no_serving, log=log)
+                      serving=not args.no_serving, log=log, repeats=args.repeats)
     result["command"] = command.strip()
     device = result["device"]
     stem = "showdown_smoke" if args.smoke else ("showdown_cpu" if device == "cpu" else

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -23,17 +24,28 @@ MD_COLUMNS = [("method", "method"), ("trainable", "trainable"), ("trainable_pct"
               ("time_ratio_vs_peft", "time ÷ peft"), ("memory_ratio_vs_peft", "memory ÷ peft"), ("mfu", "MFU")]
 
 
-def compare_with_peft(rows: list[dict]) -> None:
-    """Add peftedu/peft ratios to each peftedu row that has a peft twin."""
-    by_key = {(r["method"], r["impl"]): r for r in rows}
+def compare_with_peft(rows: list[dict], repeats: list[dict] = ()) -> None:
+    """Add peftedu/peft ratios to each peftedu row that has a peft twin.
+
+    ``repeats``: more runs of the same pairs (``Settings.repeat`` 1, 2, ...; their order alternated), so each
+    time and memory ratio is the median over the pairs, ``ours_k / peft_k``: one slow run on a busy machine moves
+    a median of three pairs far less than it moves a single ratio. The per-pair ratios are kept when there is
+    more than one pair."""
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for row in list(rows) + list(repeats):
+        runs.setdefault((row["method"], row["impl"]), []).append(row)
     for row in rows:
-        twin = by_key.get((row["method"], "peft"))
-        if row["impl"] != "peftedu" or twin is None:
+        if row["impl"] != "peftedu" or (row["method"], "peft") not in runs:
             continue
-        row["time_ratio_vs_peft"] = row["time_per_step_s"] / twin["time_per_step_s"]
-        if row["peak_memory_mb"] and twin["peak_memory_mb"]:
-            row["memory_ratio_vs_peft"] = row["peak_memory_mb"] / twin["peak_memory_mb"]
-        row["peft_score"] = twin["score"]
+        by_repeat = lambda impl: sorted(runs[(row["method"], impl)], key=lambda r: r.get("repeat", 0))
+        pairs = list(zip(by_repeat("peftedu"), by_repeat("peft")))
+        for column, key in (("time_per_step_s", "time"), ("peak_memory_mb", "memory")):
+            ratios = [ours[column] / theirs[column] for ours, theirs in pairs if ours[column] and theirs[column]]
+            if ratios:
+                row[f"{key}_ratio_vs_peft"] = statistics.median(ratios)
+                if len(ratios) > 1:
+                    row[f"{key}_ratios_vs_peft"] = ratios
+        row["peft_score"] = pairs[0][1]["score"]
 
 
 def _fmt(value, column: str) -> str:

@@ -42,6 +42,16 @@ class Settings:
     latency_rows: int = 8
     latency_repeats: int = 3
     random_weights: bool = False  # GPU benchmark when the real weights can't be fetched
+    lr: float | None = None  # overrides the method's own learning rate (the learning-rate grid)
+    validation: bool = False  # also score the validation split (what the grid chooses a learning rate on)
+    delta_w: bool = False  # full fine-tuning: keep the singular values of each update ΔW (peftedu.course.lowrank)
+    overrides: dict | None = None  # config keyword arguments that replace the method's (the LoRA study's variants)
+    repeat: int = 0  # which timing repeat a run is (the same training; only its timing differs)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Settings":
+        """Settings from a log entry; a key an older log lacks takes its default."""
+        return cls(**{**cls().__dict__, **values})
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
