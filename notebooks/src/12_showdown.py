@@ -13,7 +13,10 @@
 #   each column measures and how;
 # * check each claim of the sources' trade-off table against the measurement, and say where it holds, where it does
 #   not, and why a 135M model on a CPU can and cannot settle it;
-# * compare `peftedu` with HF `peft` on speed and memory, method by method.
+# * compare `peftedu` with HF `peft` on speed and memory, method by method;
+# * rank methods honestly — learning rates chosen on validation, three seeds, differences against the seed noise —
+#   on a task where they differ; explain what the retention column measures and what changes it; test LoRA's
+#   low-rank hypothesis on a real full fine-tuning update; and give source 003's practical tips a measured verdict.
 #
 # The measured table comes from one committed command, `python -m peftedu showdown` (module `peftedu.course.showdown`),
 # which wrote `results/showdown_cpu.json`; this notebook reads that file and recomputes nothing it cannot check.
@@ -25,6 +28,7 @@
 %matplotlib inline
 import json
 import logging
+import statistics
 import warnings
 
 import matplotlib.pyplot as plt
@@ -36,7 +40,8 @@ import transformers
 from IPython.display import Markdown, display
 
 import peftedu
-from peftedu.course import gpu_memory, showdown
+from peftedu.course import gpu_memory, lowrank, showdown, showdown_grid
+from peftedu.course.data import LEXICON
 from peftedu.course.showdown_report import compare_with_peft
 from peftedu.course.showdown_setup import Settings
 from peftedu.counting import count_parameters
@@ -476,13 +481,231 @@ assert long_fit["TinyLlama-1.1B"]["lora"] > 0.9 * long_fit["TinyLlama-1.1B"]["fu
 # ## 8. What this showdown can and cannot tell you
 #
 # * It is one seed, one small model (135M), one easy task, twelve steps and 48 test rows: a difference of one or two
-#   rows (0.02–0.04) is noise. Rankings between the methods that reach the ceiling mean nothing.
+#   rows (0.02–0.04) is noise. Rankings between the methods that reach the ceiling mean nothing. Section 9 ranks
+#   methods on a task where they differ, with learning rates chosen on validation and three seeds.
 # * CPU timings depend on the machine and on what else runs on it; ratios measured back to back are more stable
 #   than absolute numbers. GPU numbers come from the same command (section 7); with the real weights reachable,
 #   `PEFTEDU_MODEL=tinyllama-1.1b python -m peftedu showdown --profile full --device cuda` adds the scores.
 # * Memory on a CPU is sampled resident memory: it includes what the allocator keeps and can miss spikes shorter
 #   than the 10 ms sampling interval. On CUDA the command reads the allocator's exact peak.
+
+# %% [markdown]
+# ## 9. The honest comparison: a task that separates the methods, rates chosen on validation, three seeds
 #
+# Section 8's limits come from the showdown's design, not from bad luck: on `topic` most methods reach the ceiling
+# in twelve steps, each method runs at one hand-set learning rate, and one seed decides. This section runs the
+# comparison again, the way a paper should:
+#
+# * **The task is `lexicon`** (notebook 00): sixteen words of an invented language, so the base model scores 0
+#   and a method has to store new knowledge (新知识) in its parameters. 36 steps of 8 examples (0.72 epochs) leave
+#   room above every method.
+# * **Each method's learning rate is chosen on the validation split**, from the same three-point grid for
+#   every method: its default rate × 1/3, 1 and 3, at seed 0. The test split is never used to choose.
+# * **Three seeds at the chosen rate**, scored on the first 48 test rows (144 words). We report the mean ± standard
+#   deviation of the score and of forgetting. Two methods count as **separated** when their means differ by more
+#   than twice the standard error of the difference; otherwise their order is noise.
+#
+# The methods are full fine-tuning (the reference) and one method of each family the sources' comparison tables
+# name: prompt and prefix tuning (soft prompts), Houlsby adapters, LoRA. `python -m peftedu showdown --grid`
+# (module `peftedu.course.showdown_grid`) ran the 25 runs — 5 methods × (3 rates + 2 more seeds), 2 to 4.5 minutes
+# each on two CPU cores, about 70 minutes in all — and wrote `results/grid_lexicon.{json,md,png}`. This notebook
+# reads those files and recomputes every choice and every mean from the logged runs.
+
+# %%
+grid = json.loads((REPO_ROOT / "results" / "grid_lexicon.json").read_text())
+table = {row["method"]: row for row in grid["table"]}
+display(Markdown((REPO_ROOT / "results" / "grid_lexicon.md").read_text()))
+defaults = {name: showdown.METHODS[name].lr for name in table}
+assert showdown_grid.aggregate(grid["runs"], list(table), defaults, seeds=grid["seeds"]) == grid["table"]
+for name, row in table.items():
+    tried = sorted(r["lr"] for r in grid["runs"] if r["method"] == name and r["seed"] == grid["seeds"][0])
+    assert tried == showdown_grid.grid_lrs(defaults[name], grid["factors"]), name  # one grid for every method
+    assert row["seeds"] == len(grid["seeds"]) >= 3 and row["lr"] in tried
+print(f"{len(grid['runs'])} runs: {len(table)} methods × {len(grid['factors'])} learning rates (validation), then "
+      f"seeds {grid['seeds']} at the chosen rate (test); every choice and mean recomputed from the runs")
+
+# %%
+display(showdown_grid.plot(grid))
+
+# %% [markdown]
+# Who beats whom? Each cell compares the row's method with the column's: `>` the row is ahead beyond the seed
+# noise, `<` behind, `≈` their means are closer than twice the standard error of the difference.
+
+# %%
+names = list(table)
+verdict = lambda a, b: "–" if a == b else ">" if b in table[a]["beats"] else "<" if a in table[b]["beats"] else "≈"
+display(Markdown("\n".join(["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+                           + [f"| **{a}** | " + " | ".join(verdict(a, b) for b in names) + " |" for a in names])))
+scores = {name: row["score_mean"] for name, row in table.items()}
+assert max(scores.values()) - min(scores.values()) > 0.8  # the task separates the methods
+assert table["full"]["beats"] == [n for n in names if n not in ("full", "houlsby")]  # beyond noise: all but one
+assert min(table["full"]["scores"] + table["houlsby"]["scores"]) >= 0.98
+assert table["lora"]["score_sd"] > 0.05 and "lora" in table["houlsby"]["beats"] and "lora" in table["full"]["beats"]
+assert scores["prompt_tuning"] < 0.1 and scores["prefix_tuning"] < 0.25  # about chance: 1 word in 16
+peft_methods = [n for n in names if n != "full"]
+assert sorted(peft_methods, key=scores.get) == sorted(peft_methods, key=lambda n: table[n]["trainable"])
+assert all(row["lr_at_edge"] for row in table.values())
+
+# %% [markdown]
+# What the ranking says (each point is asserted in the cell above):
+#
+# * **The task separates the methods.** Mean scores run from prompt tuning's, which is about what guessing one of
+#   sixteen words gives (1/16 ≈ 0.06 a word), to full fine-tuning's 1.00.
+# * **Full fine-tuning and Houlsby adapters learn the sixteen words** (at least 0.98 on every seed); they tie
+#   within noise, and full fine-tuning is ahead of every other method beyond it.
+# * **LoRA (r = 8 on the attention projections) is behind them, and noisy.** Its three seeds spread by more than
+#   0.05 (sd), a spread that one seed would have hidden. Both leaders are still ahead of it beyond the noise.
+# * **The soft prompts barely store new knowledge.** Prompt tuning and prefix tuning stay close to guessing: sixteen
+#   word meanings do not fit in 16 input vectors at this budget.
+# * **For new knowledge, trainable parameters matter.** Among the PEFT methods the ranking by score is the ranking
+#   by trainable parameters: Houlsby's 4.5M > LoRA's 0.9M > prefix's 0.18M > prompt's 9k. The `topic` table could
+#   not show this, because there every method reached the ceiling.
+# * **Every chosen rate lies at an edge of its grid** (the table's flag). The ranking compares each method at the
+#   best of three rates, not at its best rate: at 36 steps most methods wanted larger steps than their defaults,
+#   and prompt tuning a smaller one. Exercise 4 widens the grid.
+
+# %% [markdown]
+# ## 10. Forgetting, explained (灾难性遗忘)
+#
+# Every table in this series has a retention column. It asks 45 general-knowledge questions ("What is the capital
+# of France?") with the method switched on and counts the answers that contain the expected word; forgetting is
+# the base model's retention (1.00) minus the trained model's. The sources treat forgetting as a property of the
+# method:
+#
+# * full fine-tuning "容易发生灾难性遗忘", forgets easily (sources 000 and 003);
+# * PEFT keeps the model's general abilities "because the base weights are frozen" (001);
+# * LoRA "will not forget the way full fine-tuning does" (002), and its forgetting risk is "low" (000's list of
+#   LoRA's advantages) or even "极低", very low (000's comparison table).
+#
+# The grid measured retention for every run, with the same seeds and learning rates as the scores. The table gives
+# each method at its three learning rates (seed 0). The last column is the share of retention answers made of
+# nothing but lexicon's English words (`"white house"` for a capital), pooled over the seeds at the chosen rate
+# that kept their answers; the first full fine-tuning run predates the recording of answers.
+
+# %%
+meanings = set(LEXICON.values())  # the English words lexicon teaches
+
+
+def in_task_format(answer):
+    """True when a retention answer is nothing but lexicon's English words: the task's format, not a fact."""
+    words = [w.strip(".,;:!?").lower() for w in answer.split()]
+    return bool(words) and all(w in meanings for w in words)
+
+
+seed0 = {name: sorted((r for r in grid["runs"] if r["method"] == name and r["seed"] == grid["seeds"][0]),
+                      key=lambda r: r["lr"]) for name in table}
+lines = ["| method | " + " | ".join(f"lr × {f:.2g}: score / forgetting" for f in grid["factors"])
+         + " | retention answers in lexicon's format (chosen rate) |", "| --- " * (len(grid["factors"]) + 2) + "|"]
+collapse = {}
+for name, runs in seed0.items():
+    answers = [a for r in grid["runs"] if r["method"] == name and r["lr"] == table[name]["lr"]
+               for a in r.get("retention_answers") or []]  # every seed at the chosen rate that kept its answers
+    collapse[name] = sum(map(in_task_format, answers)) / len(answers) if answers else None
+    lines.append(f"| {name} | " + " | ".join(f"{r['score']:.2f} / {r['forgetting']:+.2f}" for r in runs)
+                 + f" | {'–' if collapse[name] is None else f'{collapse[name]:.0%}'} |")
+display(Markdown("\n".join(lines)))
+display(showdown_grid.plot_tradeoff(grid))
+
+# %% [markdown]
+# What the measurement says (each point is asserted in the cell below):
+#
+# * **Freezing the base does not prevent forgetting.** Prompt tuning and prefix tuning leave every weight of the model
+#   untouched. At their chosen rates both forgot more than 0.9 of the probe while scoring near chance on lexicon. A
+#   method's trained parameters take part in every forward pass, the retention questions' too.
+# * **The learning rate moves forgetting together with learning.** For full fine-tuning, LoRA and prefix tuning, the
+#   largest rate of the grid learned most and forgot most. Choosing the rate on the task's validation score alone
+#   picks exactly that edge. Prompt tuning is the exception: at its largest rate the prompt learned nothing and
+#   left most answers alone.
+# * **At equal learning, full fine-tuning forgot less than LoRA here.** At its middle rate full fine-tuning reached
+#   about LoRA's mean score with a fraction of LoRA's forgetting. LoRA on the four attention projections had to be
+#   pushed to the top of its grid to learn, and then forgot nearly everything.
+# * **What the wrong answers are.** Many answers of a forgetful model are nothing but lexicon's English words
+#   ("white house" for a capital city): the model has learned that every question gets a short answer in the task's
+#   format. This is forgetting by format, which any narrow instruction set teaches, more than facts erased from the
+#   weights; a PEFT adapter turned off gives the base model back exactly (notebook 11).
+#
+# **Against the literature.** Biderman et al. (2024) fine-tuned Llama-2-7B on code and math. They found that LoRA
+# learns less and forgets less than full fine-tuning, and that the two trade learning for forgetting along similar
+# curves. Here, on a 135M model, 36 steps and a task of new words, full fine-tuning's curve is the better one. One
+# model and one task settle nothing general about LoRA, but they do settle the sources' claims: forgetting is not
+# a property of a method's name. It follows how far training moves the outputs and what the data teaches them.
+
+# %%
+for name in ("prompt_tuning", "prefix_tuning"):  # frozen base, forgetting anyway, learning almost nothing
+    assert table[name]["forgetting_mean"] > 0.9 and table[name]["score_mean"] < 0.25, name
+for name in ("full", "lora", "prefix_tuning"):  # the largest rate learned most and forgot most
+    low, high = seed0[name][0], seed0[name][-1]
+    assert high["score"] > low["score"] and high["forgetting"] > low["forgetting"], name
+assert seed0["prompt_tuning"][-1]["forgetting"] < seed0["prompt_tuning"][0]["forgetting"]
+matched = min((r for r in seed0["full"] if r["score"] >= table["lora"]["score_mean"] - 0.1), key=lambda r: r["forgetting"])
+print(f"full fine-tuning at lr {matched['lr']:g}: score {matched['score']:.2f}, forgetting {matched['forgetting']:+.2f}; "
+      f"LoRA at its chosen {table['lora']['lr']:g}: {table['lora']['score_mean']:.2f}, {table['lora']['forgetting_mean']:+.2f}")
+assert matched["forgetting"] < table["lora"]["forgetting_mean"] - 0.5
+in_format = {name: share for name, share in collapse.items() if share is not None and table[name]["forgetting_mean"] > 0.5}
+print("share of retention answers in lexicon's format, forgetful methods:", {k: f"{v:.0%}" for k, v in in_format.items()})
+assert max(in_format.values()) > 0.3
+
+# %% [markdown]
+# ## 11. LoRA's hypothesis, tested: is the full fine-tuning update low-rank?
+#
+# LoRA (低秩适配) rests on a hypothesis: the change that fine-tuning makes to a pretrained weight, ΔW, has a low
+# "intrinsic rank" (Hu et al. 2021, section 4), so `B @ A` with r = 8 can stand in for it. Here we measure it
+# instead of assuming it. The grid's full fine-tuning runs kept every weight matrix before training, and
+# `peftedu.course.lowrank` takes the singular values of each ΔW = W_after − W_before in the decoder layers. For
+# every matrix we report two numbers:
+#
+# * the share of ΔW's energy (‖ΔW‖², the sum of its squared singular values) in its top 8 directions — what the
+#   best rank-8 approximation keeps (Eckart–Young);
+# * how many directions hold 90% of it.
+#
+# For scale, the same numbers for a Gaussian random matrix of the same shape, whose energy is spread over every
+# direction. The table is the chosen run (seed 0); the median is over the layers.
+
+# %%
+delta = grid["delta_w"]
+assert table["full"]["lr"] == delta["lr"] and delta["seed"] == grid["seeds"][0]  # the chosen full fine-tuning run
+summary = {row["kind"]: row for row in delta["summary"]}
+assert summary == {row["kind"]: row for row in lowrank.summarize(delta["matrices"])}  # recomputed from the matrices
+display(Markdown("\n".join(
+    ["| matrix | layers | ΔW: energy in the top 8 directions | a random matrix: the same | ΔW: directions for 90% "
+     "| of at most |", "| --- | --- | --- | --- | --- | --- |"]
+    + [f"| {kind} | {row['matrices']} | {row['top_k_energy']:.0%} | {row['random_top_k_energy']:.0%} | "
+       f"{row['rank_90']:.0f} | {row['max_rank']} |" for kind, row in summary.items()])))
+display(showdown_grid.plot_delta_w(grid))
+
+# %% [markdown]
+# What the spectra say (each point is asserted in the cell below):
+#
+# * **The update is concentrated, so LoRA's bet is reasonable.** In every kind of matrix the top 8 of up to 576
+#   directions hold more than half of ΔW's energy (53–73%); a random matrix of the same shape keeps 3–10% there.
+#   Fine-tuning moves the weights along few directions.
+# * **But it is not rank 8.** 90% of the energy needs 30–40 directions in the attention projections and 70–90 in
+#   the MLP: 4 to 10 times LoRA's r = 8, and the MLP's update has the higher rank. A rank-8 LoRA on the attention
+#   projections (the showdown's) cannot express most of what full fine-tuning did here.
+# * **The further training moves, the higher the rank.** In `q_proj` the directions needed for 90% grow with the
+#   learning rate.
+#
+# Biderman et al. (2024, "LoRA Learns Less and Forgets Less": Llama-2-7B, code and math, far longer training) find
+# the same thing at scale: full fine-tuning's perturbations need 10–100× the rank of typical LoRA configurations,
+# and more for the MLP than for attention. Their advice fits this measurement: put LoRA on every linear layer,
+# the MLP included, and do not assume that r = 8 holds new knowledge.
+
+# %%
+attention = {kind: summary[kind] for kind in ("q_proj", "k_proj", "v_proj", "o_proj")}
+mlp = {kind: summary[kind] for kind in ("gate_proj", "up_proj", "down_proj")}
+for kind, row in summary.items():
+    assert row["top_k_energy"] > 5 * row["random_top_k_energy"], kind  # concentrated: far from a random matrix
+    assert row["top_k_energy"] < 0.8 and row["rank_90"] > 3 * lowrank.TOP_K, kind  # but not a rank-8 matrix
+assert all(0.5 < row["top_k_energy"] < 0.75 and row["random_top_k_energy"] < 0.11 for row in summary.values())
+assert all(30 <= row["rank_90"] <= 40 for row in attention.values()) and all(70 <= row["rank_90"] <= 90 for row in mlp.values())
+assert min(r["rank_90"] for r in mlp.values()) > max(r["rank_90"] for r in attention.values())
+by_lr = {run["lr"]: statistics.median(m["rank_90"] for name, m in run["delta_w"].items()
+                                      if lowrank.kind_of(name) == "q_proj") for run in seed0["full"]}
+print("q_proj, directions for 90% of ΔW (median over layers) by learning rate:",
+      ", ".join(f"{lr:g}: {rank:g}" for lr, rank in by_lr.items()))
+assert list(by_lr.values()) == sorted(by_lr.values())  # a larger step moves W further, in more directions
+
+# %% [markdown]
 # ## Summary
 #
 # * The source tutorial's counts for every method on bloom-1b4-zh are reproduced exactly, in `peftedu` and `peft`;
@@ -499,6 +722,14 @@ assert long_fit["TinyLlama-1.1B"]["lora"] > 0.9 * long_fit["TinyLlama-1.1B"]["fu
 # * At 1B scale (TinyLlama-1.1B, Qwen2.5-1.5B; estimates, section 7.1) every PEFT method trains the tasks' short
 #   rows on a 16 GB card; full fine-tuning of Qwen2.5-1.5B needs a 24 GB one, and at 512-token rows activations
 #   outweigh the method.
+# * On `lexicon` (new knowledge; learning rates chosen on validation, three seeds) the methods separate: full
+#   fine-tuning and Houlsby adapters learn the sixteen words (≥ 0.98 on every seed), LoRA (r = 8, attention) reaches 0.87 ± 0.08, prefix
+#   and prompt tuning stay near guessing. Among the PEFT methods the score follows the trainable parameters.
+# * Forgetting is not a property of freezing: at its chosen rate every method forgot more than 0.9 of the probe,
+#   the soft prompts included. The learning rate moves forgetting together with learning, and full fine-tuning at a
+#   lower rate learned as much as LoRA while forgetting far less. Many wrong answers are the task's format.
+# * Full fine-tuning's ΔW is concentrated (53–73% of its energy in 8 directions; a random matrix: 3–10%) but not
+#   rank 8: 90% of it needs 30–40 directions in attention and 70–90 in the MLP.
 #
 # ## Interview corner
 #
@@ -510,8 +741,11 @@ assert long_fit["TinyLlama-1.1B"]["lora"] > 0.9 * long_fit["TinyLlama-1.1B"]["fu
 #    which PEFT does *not* shrink (they depend on batch × sequence length).
 # 3. **Which method would you pick for a latency-critical single-task deployment? For 100 tenants?** Merged
 #    LoRA/DoRA (zero overhead); for many tenants, unmerged LoRA adapters on one base with mixed batches.
-# 4. **How would you compare two PEFT methods fairly?** Same model, data, order, token budget and seed; tune each
-#    method's learning rate (they differ by 10×–30×); several seeds; report memory and time measured the same way.
+# 4. **How would you compare two PEFT methods fairly?** Same model, data, order and token budget; a task where they
+#    do not all hit the ceiling; each method's learning rate chosen on the validation split from the same grid
+#    (their best rates differ by 10×–100×); several seeds on the test split, mean ± sd, and a difference counts only
+#    when it is larger than the seed noise (section 9). Memory and time measured the same way, ratios as medians of
+#    interleaved repeats.
 #
 # ## Exercises
 #
@@ -543,7 +777,27 @@ assert long_fit["TinyLlama-1.1B"]["lora"] > 0.9 * long_fit["TinyLlama-1.1B"]["fu
 #
 # <details><summary>Solution</summary>
 #
-# `Method("lora_all", "reparametrisation", 2e-3, "peft", lambda model, tok, prof: ("LoraConfig", dict(r=8,
-# lora_alpha=16, target_modules="all-linear")), mergeable=True)`; per layer it adds 8·(576+1536)·3 = 50,688
+# `Method("lora_all", "reparametrisation", 2e-3, "peft", LoraConfig, lambda model, tok, prof: dict(r=8,
+# lora_alpha=16, target_modules="all-linear"), mergeable=True)` (with `from peftedu import LoraConfig`); per layer it adds 8·(576+1536)·3 = 50,688
 # parameters for the MLP to the attention's 30,720, 2.65 times as many in all.
+# </details>
+#
+# 4. Every learning rate the grid chose sat at an edge of its three-point grid (section 9). Widen LoRA's grid
+#    upwards and see what happens to its score and its forgetting.
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# from pathlib import Path
+# from peftedu.course import showdown_grid
+# from peftedu.course.showdown_setup import Settings
+#
+# settings = Settings(task="lexicon", max_steps=showdown_grid.GRID_STEPS)
+# wider = showdown_grid.run_grid(settings, ["lora"], Path("results/wider/runs.jsonl"), factors=(3, 9, 27))
+# print(showdown_grid.markdown(wider))   # 5 runs, about 12 minutes on two cores
+# ```
+#
+# The rates become 6e-3 (the committed choice), 1.8e-2 and 5.4e-2. If the score keeps rising, the committed ranking
+# understated LoRA. If it falls, 6e-3 was the peak after all. Either way, compare the forgetting column: section 10's
+# trade-off says a larger step will not forget less.
 # </details>

@@ -127,16 +127,25 @@ showdown_rows = json.loads((REPO_ROOT / "results" / "showdown_cpu.json").read_te
 cpu = {r["method"]: r for r in showdown_rows if r["impl"] == "peftedu"}
 gpu = {r["method"]: r for r in json.loads((REPO_ROOT / "results" / "showdown_gpu_nvidia_h100_80gb_hbm3.json")
                                           .read_text())["rows"] if r["impl"] == "peftedu"}
+lexicon_grid = json.loads((REPO_ROOT / "results" / "grid_lexicon.json").read_text())  # notebook 12, section 9
+lexicon = {row["method"]: row for row in lexicon_grid["table"]}
+forgot = lambda name: f"{lexicon[name]['forgetting_mean']:+.2f}"  # mean over the seeds, as the findings quote it
 lora_saved = 1 - cpu["lora"]["peak_memory_mb"] / cpu["full"]["peak_memory_mb"]
 rate = lambda lr: f"{lr:.0e}".replace("e-0", "e-")  # 0.002 -> "2e-3", as the finding writes it
 quoted = {
     ("002", "不会像全参数微调那样"): [f"lost {cpu['lora']['forgetting']:.2f}",
-                                f"full fine-tuning {cpu['full']['forgetting']:.2f}"],
-    ("001", "能更好地保留通用能力"): [f"{cpu['ia3']['forgetting']:.2f} (IA3)", f"{cpu['houlsby']['forgetting']:.2f} (Houlsby"],
+                                f"full fine-tuning {cpu['full']['forgetting']:.2f}",
+                                f"LoRA lost {forgot('lora')}", f"full fine-tuning {forgot('full')}"],
+    ("001", "能更好地保留通用能力"): [f"{cpu['ia3']['forgetting']:.2f} (IA3)", f"{cpu['houlsby']['forgetting']:.2f} (Houlsby",
+                                f"forgot {forgot('prompt_tuning')}", f"LoRA {forgot('lora')}",
+                                f"full fine-tuning's {forgot('full')}"],
+    ("000", "灾难性遗忘风险低"): [f"LoRA lost {forgot('lora')}", f"full fine-tuning's {forgot('full')}",
+                            f"{forgot('prefix_tuning')} while scoring {lexicon['prefix_tuning']['score_mean']:.2f}"],
     ("003", "显存降低 60%+"): [f"{lora_saved:.0%} below full"],
     ("003", "训练显存节省"): [f"LoRA {lora_saved:.0%}"],
     ("003", "学习率"): [f"{rate(cpu['lora']['lr'])} for LoRA", f"{rate(cpu['full']['lr'])} for full",
-                      f"{cpu['lora']['lr'] / cpu['full']['lr']:.0f}×"],
+                      f"{cpu['lora']['lr'] / cpu['full']['lr']:.0f}×", f"{rate(lexicon['lora']['lr'])} for LoRA",
+                      f"{lexicon['lora']['lr'] / lexicon['full']['lr']:.0f}× again"],
     ("000", "表达能力强于 LoRA"): [f"scores {cpu['houlsby']['score']:.2f} and {cpu['lora']['score']:.2f}"],
     ("003", "在相同参数预算下"): [f"AdaLoRA scored {cpu['adalora']['score']:.2f} against LoRA's {cpu['lora']['score']:.2f}"],
     ("002", "在低数据任务上可能不稳定"): [f"score {cpu['ia3']['score']:.2f}"],
@@ -320,6 +329,26 @@ print(f"7B on one 24 GB card: QLoRA {qlora_7b.total_gb:.1f} GB (fits: {qlora_7b.
       f"full mixed-precision fine-tuning {full_7b.total_gb:.0f} GB before activations")
 assert qlora_7b.fits_in(int(fact("choose-method", "card").split()[0]))
 assert full_7b.total_gb > int(fact("choose-method", "full").split()[0])
+
+# %% [markdown]
+# The forgetting answer quotes notebook 12's comparison on `lexicon` (three seeds, each method's learning rate
+# chosen on validation; `results/grid_lexicon.json`):
+
+# %%
+for name in ("full", "lora"):
+    row = lexicon[name]
+    print(f"{name:<5} score {row['score_mean']:.2f} ± {row['score_sd']:.2f}, forgetting "
+          f"{row['forgetting_mean']:+.2f} ± {row['forgetting_sd']:.2f} (lr {row['lr']:g}, {row['seeds']} seeds)")
+assert f"{lexicon['full']['forgetting_mean']:+.2f}" == fact("forgetting", "full")
+assert f"{lexicon['lora']['forgetting_mean']:+.2f}" == fact("forgetting", "lora")
+assert f"{lexicon['prompt_tuning']['forgetting_mean']:+.2f}" == fact("forgetting", "prompt")
+assert f"{lexicon['prompt_tuning']['trainable']:,}" == fact("forgetting", "prompt_params")
+# full fine-tuning's seed-0 run at the rate that learned about as much as LoRA (within 0.1) and forgot least
+matched = min((r for r in lexicon_grid["runs"] if r["method"] == "full" and r["seed"] == lexicon_grid["seeds"][0]
+               and r["score"] >= lexicon["lora"]["score_mean"] - 0.1), key=lambda r: r["forgetting"])
+print(f"full fine-tuning at lr {matched['lr']:g}: score {matched['score']:.2f}, forgetting {matched['forgetting']:+.2f}")
+assert f"{matched['score']:.2f}" == fact("forgetting", "matched_score")
+assert f"{matched['forgetting']:+.2f}" == fact("forgetting", "matched_forgetting")
 
 # %% [markdown]
 # ## 5. Self-check
