@@ -11,7 +11,7 @@ The course fine-tunes on three small tasks that our own code generates from a fi
   the order name, age, city, age an integer). Score: exact match after stripping whitespace at
   both ends.
 * ``lexicon`` -- translate a three-word phrase of Velish, a small invented language, into English word by
-  word (``"brask velo mirtan"`` -> ``"red river stone"``). The sixteen Velish words are made up by this
+  word (``"draidrar leikrux thabaik"`` -> ``"red river stone"``). The sixteen Velish words are made up by this
   module from syllables, so the base model cannot know them: the task needs *new knowledge*, the kind
   of learning that separates the methods (Biderman et al. 2024 find LoRA learns new knowledge less
   than full fine-tuning). Score: the share of the three words translated right, in place (partial
@@ -175,7 +175,7 @@ LEXICON_INSTRUCTION = _LEXICON["instruction"]
 
 
 def make_lexicon(seed: int = TASK_SEEDS["lexicon"]) -> dict[str, str]:
-    """The Velish-English lexicon: one invented word per English meaning, ``{"brask": "red", ...}``.
+    """The Velish-English lexicon: one invented word per English meaning, ``{"draidrar": "red", ...}``.
 
     Each word is two syllables drawn from the vocabulary's onsets, vowels and codas by
     ``random.Random(seed)``; a word is drawn again if it repeats an earlier one or an English meaning.

@@ -30,9 +30,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from .showdown import _append_log, load_log, run_isolated
-from .showdown_grid import GRID_SEEDS, GRID_STEPS
-from .showdown_setup import LLAMA_ATTN, Settings
+from .showdown_grid import GRID_SEEDS, GRID_STEPS, logged_run
+from .showdown_setup import Settings
 
 RANKS = (1, 4, 8, 16, 64)  # r = 1 … 64, denser around the showdown's r = 8 and the tips' r = 16
 ALPHA = 16  # the showdown's LoRA: r = 8, α = 16 on the attention projections
@@ -96,11 +95,7 @@ def run_study(grid: dict, log: Path, progress: bool = True) -> dict:
     runs = []
     for variant in tqdm(variants, desc="LoRA study", disable=not progress):
         one = variant_settings(base, variant, lora["lr"])
-        found = [e["row"] for e in load_log(log, one) if "row" in e and e["row"]["method"] == "lora"]
-        row = found[0] if found else run_isolated("lora", "peftedu", one)
-        if not found:
-            row["forgetting"] = grid["baseline"]["retention"] - row["retention"]
-            _append_log(log, {"row": row}, one)
+        row = logged_run("lora", one, log, grid["baseline"])
         runs.append({"study": variant.study, "label": variant.label, "overrides": variant.overrides,
                      **{k: row[k] for k in ("lr", "steps", "trainable", "score", "val_score", "forgetting",
                                             "time_per_step_s")}})

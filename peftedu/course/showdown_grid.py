@@ -109,6 +109,18 @@ def aggregate(rows: list[dict], methods: list[str], defaults: dict[str, float], 
     return table
 
 
+def logged_run(method: str, settings: Settings, log: Path, baseline: dict) -> dict:
+    """The peftedu run of ``method`` under ``settings``: from the log if it holds one, else run in its own process,
+    given its forgetting (``baseline``'s retention minus its own) and appended to the log."""
+    found = [e["row"] for e in load_log(log, settings) if "row" in e and e["row"]["method"] == method]
+    if found:
+        return found[0]
+    row = run_isolated(method, "peftedu", settings)
+    row["forgetting"] = baseline["retention"] - row["retention"]
+    _append_log(log, {"row": row}, settings)
+    return row
+
+
 def run_grid(settings: Settings, methods: list[str], log: Path, progress: bool = True, factors=None) -> dict:
     """Every run of the grid (reusing the log's), then :func:`aggregate`; returns the result to write.
 
@@ -126,13 +138,7 @@ def run_grid(settings: Settings, methods: list[str], log: Path, progress: bool =
 
     def run(method: str, lr: float, seed: int) -> dict:
         one = replace(base_settings, lr=lr, seed=seed, delta_w=METHODS[method].kind == "full")
-        found = [e["row"] for e in load_log(log, one) if "row" in e and e["row"]["method"] == method]
-        if found:
-            return found[0]
-        row = run_isolated(method, "peftedu", one)
-        row["forgetting"] = baseline["retention"] - row["retention"]
-        _append_log(log, {"row": row}, one)
-        return row
+        return logged_run(method, one, log, baseline)
 
     rows = []
     bar = tqdm(total=len(methods) * (len(factors) + len(GRID_SEEDS) - 1), desc="grid", disable=not progress)
@@ -279,5 +285,5 @@ def main(args) -> None:
     print(f"wrote {', '.join(str(p) for p in paths.values())} ({time.perf_counter() - start:,.0f} s)")
 
 
-__all__ = ["GRID_FACTORS", "GRID_METHODS", "GRID_SEEDS", "GRID_STEPS", "aggregate", "choose_lr", "grid_lrs",
+__all__ = ["GRID_FACTORS", "GRID_METHODS", "GRID_SEEDS", "GRID_STEPS", "aggregate", "choose_lr", "grid_lrs", "logged_run",
            "markdown", "mean_sd", "run_grid", "separated", "write_grid"]
