@@ -112,15 +112,21 @@ def test_update_spectra_measure_what_training_changed():
 from peftedu.course import lora_study  # noqa: E402  (grouped with its tests)
 
 
-def test_the_rank_sweep_covers_both_scalings_and_reuses_the_showdown_lora():
+def test_the_rank_sweep_covers_three_scalings_and_reuses_the_shared_runs():
     variants = lora_study.rank_variants()
     labels = [v.label for v in variants]
-    assert labels[0] == "r=1 α/r" and "r=1 α/√r" not in labels  # the same run at r = 1
-    assert len(variants) == 2 * len(lora_study.RANKS) - 1
+    assert labels[0] == "r=1 α/r" and "r=1 α/√r" not in labels  # the same scale (16) at r = 1: one run
+    assert "r=8 α/√r, = α/r at r=8" not in labels  # the showdown's scale at r = 8: the grid's run
+    assert len(variants) == 3 * len(lora_study.RANKS) - 2
     r8 = next(v for v in variants if v.label == "r=8 α/r")
     assert r8.overrides is None  # the showdown's own LoRA: the grid's run is reused, not trained again
     r64 = next(v for v in variants if v.label == "r=64 α/√r")
     assert r64.overrides == {"r": 64, "lora_alpha": lora_study.ALPHA, "use_rslora": True}
+    matched = next(v for v in variants if v.label == "r=64 α/√r, = α/r at r=8")
+    assert matched.overrides == {"r": 64, "lora_alpha": lora_study.MATCHED_ALPHA, "use_rslora": True}
+    assert lora_study.scale(8, "α/√r, = α/r at r=8") == pytest.approx(lora_study.scale(8, "α/r")) == 2
+    assert lora_study.scale(1, "α/√r") == lora_study.scale(1, "α/r") == 16
+    assert lora_study.scale(64, "α/√r") == 2 and lora_study.scale(64, "α/r") == 0.25
 
 
 def test_every_tip_of_source_003_has_its_runs():
@@ -143,13 +149,17 @@ def _study(scores):
 
 
 def test_rank_curves_share_r1_and_the_verdict_needs_more_than_noise(tmp_path):
-    scores = {"r=1 α/r": 0.1}
-    for r in lora_study.RANKS[1:]:
-        scores[f"r={r} α/r"], scores[f"r={r} α/√r"] = 0.3, 0.3 + r / 100
+    scores = {v.label: 0.3 for v in lora_study.rank_variants()}
+    scores["r=1 α/r"] = 0.1
+    scores["r=64 α/√r"] = 0.94
+    scores["r=1 α/√r, = α/r at r=8"] = 0.2
     result = _study(scores)
     curves = lora_study.rank_curves(result)
-    assert curves["α/r"][0] == curves["α/√r"][0] == (1, 0.1)
+    assert list(curves) == list(lora_study.SCALINGS)
+    assert curves["α/r"][0] == curves["α/√r"][0] == (1, 0.1)  # the shared run at r = 1
+    assert curves["α/√r, = α/r at r=8"][0] == (1, 0.2)
     assert curves["α/√r"][-1] == (64, pytest.approx(0.94))
+    assert lora_study.rank_run(result, 8, "α/√r, = α/r at r=8")["label"] == "r=8 α/r"  # the shared run at r = 8
     assert lora_study.beyond_noise(result, 0.3, 0.4) and not lora_study.beyond_noise(result, 0.3, 0.33)
     paths = lora_study.write_study(result, tmp_path)
     assert "| rank | r=64 α/√r | 1 | 0.001 | 36 | 0.94 | +0.10 | 1.00 |" in paths["md"].read_text()
@@ -159,3 +169,30 @@ def test_rank_curves_share_r1_and_the_verdict_needs_more_than_noise(tmp_path):
 def test_the_study_needs_the_grid_first():
     with pytest.raises(ValueError, match="--grid"):
         lora_study.run_study({"table": [{"method": "full"}]}, log=None)
+
+
+def _first_adam_step_gain(r: int, scaling: str, seeds: int = 16) -> float:
+    """The loss decrease of one Adam step on a LoRA pair (B = 0, A Kaiming) at rank r, averaged over seeds."""
+    gains = []
+    for seed in range(seeds):
+        g = torch.Generator().manual_seed(seed)
+        x, y = torch.randn(32, 64, generator=g), torch.randn(32, 48, generator=g)
+        a = torch.empty(r, 64)
+        torch.nn.init.kaiming_uniform_(a, a=5 ** 0.5, generator=g)
+        a.requires_grad_()
+        b = torch.zeros(48, r, requires_grad=True)
+        loss = lambda: ((lora_study.scale(r, scaling) * x @ a.T @ b.T - y) ** 2).mean()
+        optimizer = torch.optim.Adam([a, b], lr=1e-4)
+        before = loss()
+        before.backward()
+        optimizer.step()
+        with torch.no_grad():
+            gains.append((before - loss()).item())
+    return sum(gains) / seeds
+
+
+def test_the_first_adam_step_grows_like_scale_times_r():
+    # lora_study.scale's docstring: with Adam the first change of the scaled update grows like scale × r
+    for scaling, expected in (("α/r", 1.0), ("α/√r", 2.0), ("α/√r, = α/r at r=8", 2.0)):  # from r = 4 to r = 16
+        ratio = _first_adam_step_gain(16, scaling) / _first_adam_step_gain(4, scaling)
+        assert ratio == pytest.approx(expected, rel=0.15), scaling

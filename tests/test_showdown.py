@@ -144,6 +144,9 @@ def test_repeats_are_logged_apart_and_alternate_which_library_goes_first(tmp_pat
     result = sd.showdown(SMOKE, methods=["lora"], isolate=False, serving=False, progress=False, log=log, repeats=3)
     assert order == [("peftedu", 0), ("peft", 0), ("peft", 1), ("peftedu", 1), ("peftedu", 2), ("peft", 2)]
     assert result["rows"][0]["time_ratios_vs_peft"] == [1.0, 1.0, 1.0]
+    result["command"] = "python -m peftedu showdown --repeats 3"
+    assert "each the median of 3 interleaved pairs" in report.markdown(result)
+    assert "per pair: lora 1.00, 1.00, 1.00." in report.markdown(result)
     monkeypatch.setattr(sd, "run_one", lambda *a: pytest.fail("a logged repeat was run again"))
     sd.showdown(SMOKE, methods=["lora"], isolate=False, serving=False, progress=False, log=log, repeats=3, run=False)
 

@@ -1,16 +1,17 @@
 """LoRA's knobs, measured on ``lexicon``: the rank sweep (α/r against α/√r) and source 003's practical tips.
 
-    python -m peftedu showdown --study      # after --grid (it reads LoRA's chosen learning rate): about 35 min on CPU
+    python -m peftedu showdown --study   # after --grid (it reads LoRA's chosen rate): 20 runs, about 75 min on 2 cores
 
 Every run is a showdown run of the ``lora`` method with some of its config replaced (``Settings.overrides``), seed 0,
 the grid's budget (36 steps) and LoRA's learning rate as the grid chose it on validation, unless the variant
 changes it. The runs share the grid's log (``results/grid_lexicon_runs.jsonl``), so the grid's own LoRA run is
 the study's reference without training it again.
 
-* **Rank sweep.** r = 1 … 64 on the attention projections with α = 16, once scaled by α/r (LoRA, Hu et al. 2021)
-  and once by α/√r (rsLoRA, Kalajdzievski 2023). rsLoRA's argument: with α/r the update's scale shrinks as r
-  grows, so at a fixed learning rate a larger rank learns no faster (the extra directions are wasted); with α/√r
-  the scale stays put and a larger rank can learn more.
+* **Rank sweep.** r = 1 … 64 on the attention projections, scaled three ways: α/r with α = 16 (LoRA, Hu et al.
+  2021); α/√r with the same α = 16 (rsLoRA, Kalajdzievski 2023); and α/√r with α = 16/√8, which equals the
+  showdown's scale 2 at r = 8, so the two rules differ only in how the scale moves with r. rsLoRA's argument: with
+  α/r the update's scale shrinks as r grows, so at a fixed learning rate a larger rank learns no faster (the extra
+  directions are wasted); with α/√r the scale shrinks more slowly and a larger rank can learn more.
 * **Tips** (source 003, "实用建议"): r = 16 / α = 32 on all linear layers against q,v only; learning rate 2e-4
   against 2e-5; more steps (PEFT "needs more epochs"); ``lora_dropout``.
 
@@ -35,6 +36,9 @@ from .showdown_setup import Settings
 
 RANKS = (1, 4, 8, 16, 64)  # r = 1 … 64, denser around the showdown's r = 8 and the tips' r = 16
 ALPHA = 16  # the showdown's LoRA: r = 8, α = 16 on the attention projections
+MATCHED_ALPHA = ALPHA / math.sqrt(8)  # α/√r with this α is the showdown's scale (16/8 = 2) at r = 8
+#: the three scalings of the rank sweep: label -> (α, use_rslora)
+SCALINGS = {"α/r": (ALPHA, False), "α/√r": (ALPHA, True), "α/√r, = α/r at r=8": (MATCHED_ALPHA, True)}
 #: source 003's recommended start: r = 16, α = 32 on every linear layer
 TIP_CONFIG = {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"}
 
@@ -50,15 +54,22 @@ class Variant:
     steps: int | None = None
 
 
+def _shared_run(r: int, scaling: str) -> str | None:
+    """The label of the run a rank point shares: α/√r at r = 1 is α/r's run (the same scale, 16); the matched α/√r
+    at r = 8 is the showdown's LoRA (scale 2, the grid's run)."""
+    return {(1, "α/√r"): "r=1 α/r", (8, "α/√r, = α/r at r=8"): "r=8 α/r"}.get((r, scaling))
+
+
 def rank_variants() -> list[Variant]:
-    """r in :data:`RANKS` under α/r and α/√r (at r = 1 they are the same run; r = 8, α/r is the showdown's LoRA)."""
+    """r in :data:`RANKS` under each of :data:`SCALINGS`, minus the points that share a run (``_shared_run``);
+    r = 8, α/r is the showdown's LoRA."""
     variants = []
     for r in RANKS:
-        for rs in (False, True):
-            if r == 1 and rs:
+        for scaling, (alpha, rs) in SCALINGS.items():
+            if _shared_run(r, scaling):
                 continue
-            overrides = None if (r, rs) == (8, False) else {"r": r, "lora_alpha": ALPHA, "use_rslora": rs}
-            variants.append(Variant("rank", f"r={r} {'α/√r' if rs else 'α/r'}", overrides))
+            overrides = None if (r, scaling) == (8, "α/r") else {"r": r, "lora_alpha": alpha, "use_rslora": rs}
+            variants.append(Variant("rank", f"r={r} {scaling}", overrides))
     return variants
 
 
@@ -116,29 +127,49 @@ def beyond_noise(result: dict, a: float, b: float) -> bool:
     return abs(a - b) > result["threshold"]
 
 
-def rank_curves(result: dict) -> dict[str, list[tuple[int, float]]]:
-    """``{"α/r": [(r, score), ...], "α/√r": [...]}``; r = 1 belongs to both."""
+def rank_run(result: dict, r: int, scaling: str) -> dict:
+    """The run at rank ``r`` under ``scaling`` (a key of :data:`SCALINGS`), shared runs resolved."""
     runs = study_runs(result, "rank")
-    curves = {"α/r": [], "α/√r": []}
-    for r in RANKS:
-        for scaling in curves:
-            run = runs.get(f"r={r} {scaling}") or runs[f"r={r} α/r"]
-            curves[scaling].append((r, run["score"]))
-    return curves
+    return runs[_shared_run(r, scaling) or f"r={r} {scaling}"]
+
+
+def scale(r: int, scaling: str) -> float:
+    """The factor the update B A is multiplied by at rank ``r``. With Adam every entry of B moves by about the
+    learning rate at the first steps, whatever its gradient's size, and the r rank-one terms of B A move together,
+    so the first change of the scaled update grows like scale × r: α/r keeps it at α for every rank, α/√r lets it
+    grow like √r."""
+    alpha, rs = SCALINGS[scaling]
+    return alpha / (math.sqrt(r) if rs else r)
+
+
+def rank_curves(result: dict) -> dict[str, list[tuple[int, float]]]:
+    """``{scaling: [(r, score), ...]}`` for each of :data:`SCALINGS`."""
+    return {scaling: [(r, rank_run(result, r, scaling)["score"]) for r in RANKS] for scaling in SCALINGS}
 
 
 def plot_ranks(result: dict) -> Figure:
-    """Test score against rank, α/r and α/√r, at one learning rate; a band of ± the threshold around r = 8."""
-    fig = Figure(figsize=(6.5, 3.8))
-    ax = fig.subplots()
+    """Left: test score against rank under each scaling, at one learning rate (error bars: one seed's sd). Right: the
+    same runs against scale × r, the size of the first Adam steps of B A (see :func:`scale`)."""
+    fig = Figure(figsize=(10, 3.8))
+    left, right = fig.subplots(1, 2)
     for scaling, points in rank_curves(result).items():
-        ax.plot([r for r, _ in points], [s for _, s in points], marker="o", label=f"scale {scaling}")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(RANKS, [str(r) for r in RANKS])
-    ax.set_xlabel("rank r (α = 16, attention projections)")
-    ax.set_ylabel(f"{result['task']} test score")
-    ax.set_title(f"one learning rate ({result['lora_lr']:g}), seed 0; noise: ± {result['threshold']:.2f}")
-    ax.legend()
+        label = f"{scaling.split(',')[0]}, α = {SCALINGS[scaling][0]:.3g}"
+        left.errorbar([r for r, _ in points], [s for _, s in points], yerr=result["noise"], marker="o", capsize=3,
+                      label=label)
+        steps = [scale(r, scaling) * r for r, _ in points]
+        right.errorbar(steps, [s for _, s in points], yerr=result["noise"], marker="o", capsize=3, ls="none",
+                       label=label)
+        for (r, score), x in zip(points, steps if scaling != "α/r" else []):  # α/r: every rank at α, unlabelled
+            right.annotate(f"r={r}", (x, score), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    left.set_xscale("log", base=2)
+    left.set_xticks(RANKS, [str(r) for r in RANKS])
+    left.set_xlabel("rank r (attention projections)")
+    left.set_ylabel(f"{result['task']} test score")
+    left.set_title(f"learning rate {result['lora_lr']:g}, seed 0 (bars: ± seed sd)")
+    left.legend(fontsize=8)
+    right.set_xscale("log", base=2)
+    right.set_xlabel("scale × r")
+    right.set_title("the same runs against scale × r")
     fig.tight_layout()
     return fig
 
@@ -179,5 +210,6 @@ def main(args) -> None:
     print(f"wrote {', '.join(str(p) for p in paths.values())} ({time.perf_counter() - start:,.0f} s)")
 
 
-__all__ = ["RANKS", "TIP_CONFIG", "Variant", "beyond_noise", "markdown", "plot_ranks", "rank_curves",
-           "rank_variants", "run_study", "study_runs", "tip_variants", "write_study"]
+__all__ = ["MATCHED_ALPHA", "RANKS", "SCALINGS", "TIP_CONFIG", "Variant", "beyond_noise", "markdown", "plot_ranks",
+           "rank_curves", "rank_run", "rank_variants", "run_study", "scale", "study_runs", "tip_variants",
+           "write_study"]

@@ -365,7 +365,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--grid", action="store_true", help="instead: learning rates chosen on validation, 3 seeds "
                         "on test, mean ± sd (peftedu/course/showdown_grid.py; lexicon, 36 steps; about an hour)")
     parser.add_argument("--study", action="store_true", help="instead, after --grid: LoRA's rank sweep and source "
-                        "003's tips (peftedu/course/lora_study.py; about 35 minutes on two CPU cores)")
+                        "003's tips (peftedu/course/lora_study.py; 20 runs, about 75 minutes on two CPU cores)")
     parser.add_argument("--throughput", action="store_true",
                         help="instead: time LoRA, HF peft's LoRA and full fine-tuning on packed sequences at a realistic "
                              "length, with MFU (peftedu/course/throughput.py; random weights of --model, a shipped config; "
