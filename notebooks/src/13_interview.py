@@ -130,6 +130,7 @@ gpu = {r["method"]: r for r in json.loads((REPO_ROOT / "results" / "showdown_gpu
 lexicon_grid = json.loads((REPO_ROOT / "results" / "grid_lexicon.json").read_text())  # notebook 12, section 9
 lexicon = {row["method"]: row for row in lexicon_grid["table"]}
 forgot = lambda name: f"{lexicon[name]['forgetting_mean']:+.2f}"  # mean over the seeds, as the findings quote it
+study = {run["label"]: run for run in json.loads((REPO_ROOT / "results" / "lora_study_lexicon.json").read_text())["runs"]}
 lora_saved = 1 - cpu["lora"]["peak_memory_mb"] / cpu["full"]["peak_memory_mb"]
 rate = lambda lr: f"{lr:.0e}".replace("e-0", "e-")  # 0.002 -> "2e-3", as the finding writes it
 quoted = {
@@ -146,6 +147,15 @@ quoted = {
     ("003", "学习率"): [f"{rate(cpu['lora']['lr'])} for LoRA", f"{rate(cpu['full']['lr'])} for full",
                       f"{cpu['lora']['lr'] / cpu['full']['lr']:.0f}×", f"{rate(lexicon['lora']['lr'])} for LoRA",
                       f"{lexicon['lora']['lr'] / lexicon['full']['lr']:.0f}× again"],
+    ("003", "是一个很强的 baseline"): [
+        f"scored {study['r16 α32 all-linear']['score']:.2f} against {study['r16 α32 q,v']['score']:.2f}",
+        f"({study['r=8 α/r']['score']:.2f}, within noise)",
+        f"{study['r16 α32 all-linear']['trainable'] / study['r=8 α/r']['trainable']:.1f}× the parameters",
+        f"Houlsby adapters scored {lexicon['houlsby']['score_mean']:.2f}"],
+    ("003", "PEFT 通常需要更多 epoch"): [
+        f"scored {study['18 steps']['score']:.2f}, {study['36 steps']['score']:.2f} and {study['72 steps']['score']:.2f}",
+        f"reach its {lexicon['full']['score_mean']:.2f}",
+        f"reached {lexicon['houlsby']['score_mean']:.2f} ± {lexicon['houlsby']['score_sd']:.2f} at 36 steps"],
     ("000", "表达能力强于 LoRA"): [f"scores {cpu['houlsby']['score']:.2f} and {cpu['lora']['score']:.2f}"],
     ("003", "在相同参数预算下"): [f"AdaLoRA scored {cpu['adalora']['score']:.2f} against LoRA's {cpu['lora']['score']:.2f}"],
     ("002", "在低数据任务上可能不稳定"): [f"score {cpu['ia3']['score']:.2f}"],
