@@ -95,7 +95,7 @@ def variant_settings(base: Settings, variant: Variant, lora_lr: float) -> Settin
                    overrides=variant.overrides, validation=True, delta_w=False)
 
 
-def run_study(grid: dict, log: Path, progress: bool = True) -> dict:
+def run_study(grid: dict, log: Path, progress: bool = True, isolate: bool = True) -> dict:
     """Every run of the rank sweep and the tips (reusing the log's); returns the result to write."""
     lora = next((row for row in grid["table"] if row["method"] == "lora"), None)
     if lora is None:
@@ -106,7 +106,7 @@ def run_study(grid: dict, log: Path, progress: bool = True) -> dict:
     runs = []
     for variant in tqdm(variants, desc="LoRA study", disable=not progress):
         one = variant_settings(base, variant, lora["lr"])
-        row = logged_run("lora", one, log, grid["baseline"])
+        row = logged_run("lora", one, log, grid["baseline"], isolate)
         runs.append({"study": variant.study, "label": variant.label, "overrides": variant.overrides,
                      **{k: row[k] for k in ("lr", "steps", "trainable", "score", "val_score", "forgetting",
                                             "time_per_step_s")}})
@@ -196,7 +196,8 @@ def write_study(result: dict, out: Path) -> dict[str, Path]:
 
 
 def main(args) -> None:
-    """``python -m peftedu showdown --study``: read ``OUT/grid_<task>.json``, run the study, write its files."""
+    """``python -m peftedu showdown --study``: read ``OUT/grid_<task>.json``, run the study, write its files
+    (``--smoke``: every run in this process, as the grid's smoke does; CI)."""
     task = args.task if args.task != "topic" else "lexicon"
     out = Path(args.out)
     grid_path = out / f"grid_{task}.json"
@@ -204,7 +205,7 @@ def main(args) -> None:
         raise FileNotFoundError(f"{grid_path} is missing: run `python -m peftedu showdown --grid --out {out}` first.")
     grid = json.loads(grid_path.read_text())
     start = time.perf_counter()
-    result = run_study(grid, Path(args.log or out / f"grid_{task}_runs.jsonl"))
+    result = run_study(grid, Path(args.log or out / f"grid_{task}_runs.jsonl"), isolate=not args.smoke)
     paths = write_study(result, out)
     print(paths["md"].read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())} ({time.perf_counter() - start:,.0f} s)")

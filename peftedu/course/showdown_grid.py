@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from . import lowrank
-from .showdown import METHODS, _append_log, baseline_scores, load_log, run_isolated
+from .showdown import METHODS, _append_log, baseline_scores, load_log, run_isolated, run_one
 from .showdown_setup import Settings
 from .training import get_profile
 
@@ -109,19 +109,21 @@ def aggregate(rows: list[dict], methods: list[str], defaults: dict[str, float], 
     return table
 
 
-def logged_run(method: str, settings: Settings, log: Path, baseline: dict) -> dict:
-    """The peftedu run of ``method`` under ``settings``: from the log if it holds one, else run in its own process,
-    given its forgetting (``baseline``'s retention minus its own) and appended to the log."""
+def logged_run(method: str, settings: Settings, log: Path, baseline: dict, isolate: bool = True) -> dict:
+    """The peftedu run of ``method`` under ``settings``: from the log if it holds one, else run in its own process
+    (``isolate=False``: in this one, for the smoke's tiny model), given its forgetting (``baseline``'s retention
+    minus its own) and appended to the log."""
     found = [e["row"] for e in load_log(log, settings) if "row" in e and e["row"]["method"] == method]
     if found:
         return found[0]
-    row = run_isolated(method, "peftedu", settings)
+    row = run_isolated(method, "peftedu", settings) if isolate else run_one(method, "peftedu", settings)
     row["forgetting"] = baseline["retention"] - row["retention"]
     _append_log(log, {"row": row}, settings)
     return row
 
 
-def run_grid(settings: Settings, methods: list[str], log: Path, progress: bool = True, factors=None) -> dict:
+def run_grid(settings: Settings, methods: list[str], log: Path, progress: bool = True, factors=None,
+             isolate: bool = True) -> dict:
     """Every run of the grid (reusing the log's), then :func:`aggregate`; returns the result to write.
 
     ``factors``: the learning-rate multipliers (default :data:`GRID_FACTORS`), the same for every method."""
@@ -138,7 +140,7 @@ def run_grid(settings: Settings, methods: list[str], log: Path, progress: bool =
 
     def run(method: str, lr: float, seed: int) -> dict:
         one = replace(base_settings, lr=lr, seed=seed, delta_w=METHODS[method].kind == "full")
-        return logged_run(method, one, log, baseline)
+        return logged_run(method, one, log, baseline, isolate)
 
     rows = []
     bar = tqdm(total=len(methods) * (len(factors) + len(GRID_SEEDS) - 1), desc="grid", disable=not progress)
@@ -278,7 +280,7 @@ def main(args) -> None:
     methods = args.methods or (["full", "lora"] if args.smoke else list(GRID_METHODS))
     log = Path(args.log or Path(args.out) / f"grid_{task}_runs.jsonl")
     start = time.perf_counter()
-    result = run_grid(settings, methods, log)
+    result = run_grid(settings, methods, log, isolate=not args.smoke)
     result["command"] = "python -m peftedu showdown " + " ".join(sys.argv[2:])
     paths = write_grid(result, Path(args.out))
     print(paths["md"].read_text())
