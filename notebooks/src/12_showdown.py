@@ -830,7 +830,6 @@ print("scale × r → score:", ", ".join(f"{x:.3g} → {score:.2f}" for x, score
 
 # %%
 tips = {name: lora_study.study_runs(study, name) for name in ("targets", "lr", "steps", "dropout")}
-differ = lambda a, b: lora_study.beyond_noise(study, a["score"], b["score"])
 all_linear, qv = tips["targets"]["r16 α32 all-linear"], tips["targets"]["r16 α32 q,v"]
 high, low = tips["lr"]["lr 2e-4 (r16 α32 all-linear)"], tips["lr"]["lr 2e-5 (r16 α32 all-linear)"]
 full_low = seed0["full"][0]  # the full fine-tuning grid's lowest rate, the nearest to the tip's 2e-5

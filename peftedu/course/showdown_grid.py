@@ -287,5 +287,5 @@ def main(args) -> None:
     print(f"wrote {', '.join(str(p) for p in paths.values())} ({time.perf_counter() - start:,.0f} s)")
 
 
-__all__ = ["GRID_FACTORS", "GRID_METHODS", "GRID_SEEDS", "GRID_STEPS", "aggregate", "choose_lr", "grid_lrs", "logged_run",
-           "markdown", "mean_sd", "run_grid", "separated", "write_grid"]
+__all__ = ["GRID_FACTORS", "GRID_METHODS", "GRID_SEEDS", "GRID_STEPS", "aggregate", "choose_lr", "grid_lrs",
+           "logged_run", "markdown", "mean_sd", "run_grid", "separated", "write_grid"]

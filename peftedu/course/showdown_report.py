@@ -98,7 +98,10 @@ def write_csv(rows: list[dict], path: Path) -> None:
 def markdown(result: dict) -> str:
     """The Markdown report: how it was produced, the peftedu rows with their peft ratios, serving, notes."""
     ours = [r for r in result["rows"] if r["impl"] == "peftedu"]
-    pairs = max((len(r.get("time_ratios_vs_peft", ())) for r in ours), default=1)  # > 1 with --repeats
+    paired = [r for r in ours if len(r.get("time_ratios_vs_peft", ())) > 1]  # with --repeats
+    per_pair = "; ".join(f"{r['method']} " + ", ".join(f"{x:.2f}" for x in r["time_ratios_vs_peft"]) for r in paired)
+    pairs = (f"; each the median of {len(paired[0]['time_ratios_vs_peft'])} interleaved pairs (the order flipped every "
+             f"other pair), per pair: {per_pair}") if paired else ""
     s, base = result["settings"], result["baseline"]
     lines = [f"# Showdown: {result['model']} on `{s['task']}`, profile `{s['profile']}`, {result['device']}", "",
              f"Produced by `{result['command']}` on {result['date']} ({result['weights']} weights). "
@@ -111,10 +114,7 @@ def markdown(result: dict) -> str:
              + "Latency: one forward pass over "
              f"{s['latency_rows']} test prompts, relative to the base model in the same process "
              f"({result.get('torch_threads', '?')} torch thread(s)). "
-             "Ratios: peftedu ÷ HF peft (same config, same run), for the methods peft has"
-             + (f"; each the median of {pairs} interleaved pairs (the order flipped every other pair), per pair: "
-                + "; ".join(f"{r['method']} " + ", ".join(f"{x:.2f}" for x in r["time_ratios_vs_peft"])
-                            for r in ours if r.get("time_ratios_vs_peft")) + "." if pairs > 1 else "."), "",
+             f"Ratios: peftedu ÷ HF peft (same config, same run), for the methods peft has{pairs}.", "",
              "| " + " | ".join(h for _, h in MD_COLUMNS) + " |", "|" + " --- |" * len(MD_COLUMNS)]
     for row in ours:
         lines.append("| " + " | ".join(_fmt(row.get(c), c) for c, _ in MD_COLUMNS) + " |")
