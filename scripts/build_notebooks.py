@@ -14,6 +14,7 @@ PyCharm read: ``# %%`` starts a code cell, ``# %% [markdown]`` a markdown cell w
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -69,6 +70,14 @@ def parse(source: str) -> list:
     return cells
 
 
+def settle(notebook) -> None:
+    """Make a rebuild's diff show only what changed: each cell's id is a hash of its place and source (nbformat draws
+    random ones), and the kernel's per-cell timestamps are dropped."""
+    for index, cell in enumerate(notebook.cells):
+        cell.id = hashlib.sha1(f"{index}:{cell.source}".encode()).hexdigest()[:8]
+        cell.metadata.pop("execution", None)
+
+
 def build(path: Path, execute: bool) -> float:
     notebook = nbformat.v4.new_notebook()
     notebook.cells = parse(path.read_text())
@@ -81,6 +90,7 @@ def build(path: Path, execute: bool) -> float:
         runner = ExecutePreprocessor(timeout=900, kernel_name=KERNELSPEC["name"])  # the kernel the notebooks name
         runner.preprocess(notebook, {"metadata": {"path": str(OUT)}})
         seconds = time.time() - start
+    settle(notebook)
     nbformat.write(notebook, target)
     return seconds
 

@@ -40,6 +40,9 @@ def test_committed_notebook_is_built_from_its_current_source(name):
     assert [(c.cell_type, c.source) for c in cells] == [(c.cell_type, c.source) for c in expected], \
         f"notebooks/{name}.ipynb is stale: run python scripts/build_notebooks.py {name[:2]}"
     assert all("slideshow" in c.metadata for c in cells)  # lecturers present them as slides
+    notebook = _read(name)
+    _builder().settle(notebook)  # stable ids, no timestamps: a rebuild's diff shows only what changed
+    assert [(c.id, c.metadata) for c in cells] == [(c.id, c.metadata) for c in notebook.cells]
 
 
 @pytest.mark.parametrize("name", SERIES)
@@ -103,3 +106,15 @@ def test_committed_outputs_print_nothing_machine_specific(name):
              if "nbval-ignore-output" not in c.metadata.get("tags", [])
              for what, pattern in MACHINE_SPECIFIC.items() for m in [pattern.search(_text_outputs(c))] if m]
     assert not found, f"{name}: {found}"
+
+
+def test_the_committed_glossary_table_is_the_current_glossary():
+    """Notebook 00 prints data/interview/glossary.json: add a term and forget to rebuild notebook 00, and nbval fails
+    only in CI's last stage. Caught here, in the unit stage, from the committed output alone."""
+    from peftedu.course.interview import glossary_markdown
+
+    tables = [o["data"]["text/markdown"] for c in _read("00_introduction").cells if c.cell_type == "code"
+              for o in c.outputs if "data" in o and "text/markdown" in o["data"]
+              if o["data"]["text/markdown"].startswith("| 中文 | English |")]
+    assert tables == [glossary_markdown(columns=2)], \
+        "notebooks/00_introduction.ipynb shows another glossary: run python scripts/build_notebooks.py 00"
