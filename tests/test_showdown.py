@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,27 @@ def test_repeats_are_logged_apart_and_alternate_which_library_goes_first(tmp_pat
     assert "per pair: lora 1.00, 1.00, 1.00." in report.markdown(result)
     monkeypatch.setattr(sd, "run_one", lambda *a: pytest.fail("a logged repeat was run again"))
     sd.showdown(SMOKE, methods=["lora"], isolate=False, serving=False, progress=False, log=log, repeats=3, run=False)
+
+
+def test_more_pairs_in_the_log_count_in_the_full_table(tmp_path, monkeypatch):
+    """``--methods llama_adapter --repeats 7`` after ``--repeats 3``: collecting all methods at 3 uses all 7 pairs
+    of the one method; an unfinished pair (one library's run only) is not used."""
+    monkeypatch.setattr(sd, "run_one", lambda name, impl, settings: {
+        **_row(name, impl, 0.5, (1.0 if impl == "peft" else 1.1) + settings.repeat / 100, 100.0),
+        "repeat": settings.repeat})
+    monkeypatch.setattr(sd, "baseline_scores", lambda settings: {"score": 0.0, "retention": 1.0, "eval_rows": 4})
+    log, quiet = tmp_path / "runs.jsonl", dict(isolate=False, serving=False, progress=False)
+    sd.showdown(SMOKE, methods=["lora", "ia3"], log=log, repeats=3, **quiet)
+    sd.showdown(SMOKE, methods=["ia3"], log=log, repeats=5, **quiet)
+    sd._append_log(log, {"row": sd.run_one("ia3", "peftedu", replace(SMOKE, repeat=5))}, replace(SMOKE, repeat=5))
+    monkeypatch.setattr(sd, "run_one", lambda *a: pytest.fail("collecting trained"))
+    rows = {r["method"]: r for r in sd.showdown(SMOKE, methods=["lora", "ia3"], log=log, repeats=3, run=False,
+                                                **quiet)["rows"] if r["impl"] == "peftedu"}
+    assert len(rows["lora"]["time_ratios_vs_peft"]) == 3 and len(rows["ia3"]["time_ratios_vs_peft"]) == 5
+    assert rows["ia3"]["time_ratios_vs_peft"] == pytest.approx([(1.1 + k / 100) / (1 + k / 100) for k in range(5)])
+    result = {"rows": list(rows.values()), "settings": SMOKE.__dict__, "baseline": {"score": None}, "model": "m",
+              "device": "cpu", "weights": "random", "date": "today", "command": "python -m peftedu showdown"}
+    assert "each the median of 3 interleaved pairs, ia3's of 5 (the order" in report.markdown(result)
 
 
 def test_a_short_init_text_is_repeated_to_fill_the_prefix_and_a_long_one_is_kept():

@@ -57,7 +57,8 @@ from . import lowrank, throughput
 from .data import load_task
 from .showdown_report import compare_with_peft, write_results
 from .showdown_serving import serving_benchmark
-from .showdown_setup import LLAMA_ATTN, Settings, forward_latency, latency_batch, load_model, peak_flops
+from .showdown_setup import (LLAMA_ATTN, Settings, _append_log, _more_logged_pairs, forward_latency, latency_batch,
+                             load_log, load_model, peak_flops)
 from .training import get_profile, model_device, set_seed, train
 from .evaluation import evaluate
 
@@ -258,21 +259,6 @@ def baseline_scores(settings: Settings) -> dict:
     return {"score": task["score"], "retention": retention["score"], "eval_rows": task["n"]}
 
 
-def load_log(log: Path | None, settings: Settings) -> list[dict]:
-    """The entries of a run log written with the same settings (others are ignored)."""
-    if log is None or not log.exists():
-        return []
-    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return [e for e in entries if "settings" in e and Settings.from_dict(e["settings"]) == settings]
-
-
-def _append_log(log: Path | None, entry: dict, settings: Settings) -> None:
-    if log is not None:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "a") as f:  # one short line per write: safe for several processes sharing the log
-            f.write(json.dumps({**entry, "settings": settings.__dict__}) + "\n")
-
-
 def showdown(settings: Settings, methods: list[str] | None = None, with_peft: bool = True, isolate: bool = True,
              serving: bool = True, progress: bool = True, log: Path | None = None, run: bool = True,
              repeats: int = 1) -> dict:
@@ -282,7 +268,8 @@ def showdown(settings: Settings, methods: list[str] | None = None, with_peft: bo
     settings) are not repeated. Several processes may share it (e.g. ``--methods`` split in two on two cores);
     a last call with every method then only collects. ``run=False``: collect only, never train.
     ``repeats``: run each peftedu/peft pair ``repeats - 1`` more times, alternating which goes first; each time and
-    memory ratio is then the median over the pairs (:func:`.showdown_report.compare_with_peft`)."""
+    memory ratio is then the median over the pairs (:func:`.showdown_report.compare_with_peft`). More pairs that the
+    log already holds for some methods are used too."""
     check_number("repeats", repeats, integer=True, at_least=1)
     methods = methods or list(METHODS)
     unknown = [m for m in methods if m not in METHODS]
@@ -326,6 +313,7 @@ def showdown(settings: Settings, methods: list[str] | None = None, with_peft: bo
                     row = run_isolated(method_name, impl, settings_k) if isolate else run_one(method_name, impl, settings_k)
                     _append_log(log, {"row": row}, settings_k)
                 again.append(row)
+    again += _more_logged_pairs(log, settings, twins, repeats)
     compare_with_peft(rows, again)
     first = rows[0]
     return {"rows": rows, "baseline": baseline, "settings": settings.__dict__,

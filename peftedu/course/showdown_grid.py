@@ -36,8 +36,8 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from . import lowrank
-from .showdown import METHODS, _append_log, baseline_scores, load_log, run_isolated, run_one
-from .showdown_setup import Settings
+from .showdown import METHODS, baseline_scores, run_isolated, run_one
+from .showdown_setup import Settings, _append_log, load_log
 from .training import get_profile
 
 #: each method's learning rate times these: the same three-point grid (a factor of 9 wide) for every method

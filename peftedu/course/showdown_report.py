@@ -100,7 +100,10 @@ def markdown(result: dict) -> str:
     ours = [r for r in result["rows"] if r["impl"] == "peftedu"]
     paired = [r for r in ours if len(r.get("time_ratios_vs_peft", ())) > 1]  # with --repeats
     per_pair = "; ".join(f"{r['method']} " + ", ".join(f"{x:.2f}" for x in r["time_ratios_vs_peft"]) for r in paired)
-    pairs = (f"; each the median of {len(paired[0]['time_ratios_vs_peft'])} interleaved pairs (the order flipped every "
+    counts = {r["method"]: len(r["time_ratios_vs_peft"]) for r in paired}
+    usual = statistics.mode(counts.values()) if counts else 0
+    more = "".join(f", {m}'s of {n}" for m, n in counts.items() if n != usual)  # a longer run for some methods
+    pairs = (f"; each the median of {usual} interleaved pairs{more} (the order flipped every "
              f"other pair), per pair: {per_pair}") if paired else ""
     s, base = result["settings"], result["baseline"]
     lines = [f"# Showdown: {result['model']} on `{s['task']}`, profile `{s['profile']}`, {result['device']}", "",

@@ -1,5 +1,6 @@
 """What every showdown run starts from: its settings, the base model and tokenizer, the timed forward pass over a
-fixed batch of test prompts, and the device's FLOPs peak (for model FLOPs utilisation).
+fixed batch of test prompts, the device's FLOPs peak (for model FLOPs utilisation), and the log of finished runs
+(JSON Lines, keyed by the settings, so a run is never repeated).
 
 The runs themselves are in :mod:`peftedu.course.showdown`, the many-adapters serving benchmark in
 :mod:`peftedu.course.showdown_serving`; both start here.
@@ -11,7 +12,7 @@ import json
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -129,3 +130,32 @@ def peak_flops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def load_log(log: Path | None, settings: Settings) -> list[dict]:
+    """The entries of a run log written with the same settings (others are ignored)."""
+    if log is None or not log.exists():
+        return []
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [e for e in entries if "settings" in e and Settings.from_dict(e["settings"]) == settings]
+
+
+def _append_log(log: Path | None, entry: dict, settings: Settings) -> None:
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as f:  # one short line per write: safe for several processes sharing the log
+            f.write(json.dumps({**entry, "settings": settings.__dict__}) + "\n")
+
+
+def _more_logged_pairs(log: Path | None, settings: Settings, twins: list[str], start: int) -> list[dict]:
+    """Complete pairs the log holds beyond ``start`` repeats (repeat ``start``, ``start + 1``, ... until one method
+    has none): a longer run for some methods (``--methods llama_adapter --repeats 7``) counts in the full table."""
+    found, k = [], start
+    while True:
+        logged = {(e["row"]["method"], e["row"]["impl"]): e["row"]
+                  for e in load_log(log, replace(settings, repeat=k)) if "row" in e}
+        pairs = [logged[(m, impl)] for m in twins if (m, "peft") in logged and (m, "peftedu") in logged
+                 for impl in ("peftedu", "peft")]
+        if not pairs:
+            return found
+        found, k = found + pairs, k + 1
