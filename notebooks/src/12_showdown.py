@@ -291,9 +291,9 @@ assert round(bits, 3) == 4.127 and rows["qlora"]["time_per_step_s"] > rows["lora
 # For every method `peft` has, the same configuration was trained with `peft` right after the `peftedu` run, on the
 # same machine, and then twice more, the order flipped every other pair (`python -m peftedu showdown --repeats 3`;
 # the repeats are in `results/showdown_runs.jsonl`). LLaMA-Adapter, whose three pairs disagreed most, got four more
-# (`--methods llama_adapter --repeats 7`, 25 minutes). Each ratio `peftedu ÷ peft` is the **median of the pairs**;
-# the table also gives every pair's time ratio, so you can see how far a single pair strays. Scores come from the
-# first pair.
+# (`--methods llama_adapter --repeats 7`: 8 runs, 14 minutes). Each ratio `peftedu ÷ peft` is the **median of the
+# pairs**; the table also gives every pair's time ratio, so you can see how far a single pair strays. Scores come
+# from the first pair.
 
 # %%
 ratio_lines = ["| method | time ÷ peft (median) | time ÷ peft, pair by pair | memory ÷ peft (median) | score peftedu | "
