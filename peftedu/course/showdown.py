@@ -58,7 +58,7 @@ from .data import load_task
 from .showdown_report import compare_with_peft, write_results
 from .showdown_serving import serving_benchmark
 from .showdown_setup import (LLAMA_ATTN, Settings, _append_log, _more_logged_pairs, forward_latency, latency_batch,
-                             load_log, load_model, peak_flops)
+                             load_log, load_model, logged_runs, peak_flops)
 from .training import get_profile, model_device, set_seed, train
 from .evaluation import evaluate
 
@@ -286,7 +286,7 @@ def showdown(settings: Settings, methods: list[str] | None = None, with_peft: bo
             raise ValueError(f"The log {log} has no baseline (and no run) with these settings.")
         baseline = baseline_scores(settings)
         _append_log(log, {"baseline": baseline}, settings)
-    done = {(e["row"]["method"], e["row"]["impl"]): e["row"] for e in logged if "row" in e}
+    done = logged_runs(log, settings)
     rows = []
     bar = tqdm(jobs, desc="showdown", disable=not progress)
     for method_name, impl in bar:
@@ -303,7 +303,7 @@ def showdown(settings: Settings, methods: list[str] | None = None, with_peft: bo
     twins = [m for m in methods if with_peft and METHODS[m].kind in ("peft", "loraplus")]
     for k in range(1, repeats):  # interleaved: pair by pair, the order flipped every other repeat
         settings_k = replace(settings, repeat=k)
-        done_k = {(e["row"]["method"], e["row"]["impl"]): e["row"] for e in load_log(log, settings_k) if "row" in e}
+        done_k = logged_runs(log, settings_k)
         for method_name in twins:
             for impl in ("peft", "peftedu") if k % 2 else ("peftedu", "peft"):
                 row = done_k.get((method_name, impl))

@@ -140,6 +140,11 @@ def load_log(log: Path | None, settings: Settings) -> list[dict]:
     return [e for e in entries if "settings" in e and Settings.from_dict(e["settings"]) == settings]
 
 
+def logged_runs(log: Path | None, settings: Settings) -> dict[tuple[str, str], dict]:
+    """The finished runs a log holds under these settings, by ``(method, impl)``."""
+    return {(e["row"]["method"], e["row"]["impl"]): e["row"] for e in load_log(log, settings) if "row" in e}
+
+
 def _append_log(log: Path | None, entry: dict, settings: Settings) -> None:
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -148,12 +153,12 @@ def _append_log(log: Path | None, entry: dict, settings: Settings) -> None:
 
 
 def _more_logged_pairs(log: Path | None, settings: Settings, twins: list[str], start: int) -> list[dict]:
-    """Complete pairs the log holds beyond ``start`` repeats (repeat ``start``, ``start + 1``, ... until one method
-    has none): a longer run for some methods (``--methods llama_adapter --repeats 7``) counts in the full table."""
+    """Complete pairs the log holds beyond ``start`` repeats (repeat ``start``, ``start + 1``, ... up to the first
+    repeat with no complete pair): a longer run for some methods (``--methods llama_adapter --repeats 7``) counts in
+    the full table."""
     found, k = [], start
     while True:
-        logged = {(e["row"]["method"], e["row"]["impl"]): e["row"]
-                  for e in load_log(log, replace(settings, repeat=k)) if "row" in e}
+        logged = logged_runs(log, replace(settings, repeat=k))
         pairs = [logged[(m, impl)] for m in twins if (m, "peft") in logged and (m, "peftedu") in logged
                  for impl in ("peftedu", "peft")]
         if not pairs:
